@@ -1,0 +1,211 @@
+//! The catalog: what assets exist, their schema, partitions, sizes, versions and history.
+//!
+//! The embedded backend is SQLite; the [`Catalog`] trait keeps the service independent of it so
+//! a shared backend can serve a cluster of servers.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use arrow_flight::{IpcMessage, SchemaAsIpc};
+use arrow_ipc::writer::IpcWriteOptions;
+use arrow_schema::{Schema, SchemaRef};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::asset::{AssetKey, Partition};
+use crate::error::{Error, Result};
+use crate::protocol::{Mode, PutSummary};
+
+pub use sqlite::SqliteCatalog;
+
+/// How an asset is partitioned; fixed by its first write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    Unpartitioned,
+    /// One key per partition.
+    Single,
+    /// One key per named dimension.
+    Multi(Vec<String>),
+}
+
+impl Layout {
+    pub fn of(partition: Option<&Partition>) -> Self {
+        match partition {
+            None => Self::Unpartitioned,
+            Some(p) => match p.dimensions() {
+                None => Self::Single,
+                Some(dims) => Self::Multi(dims),
+            },
+        }
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        !matches!(self, Self::Unpartitioned)
+    }
+
+    /// `none`, `single` or `multi:date,region`.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Unpartitioned => "none".to_string(),
+            Self::Single => "single".to_string(),
+            Self::Multi(dims) => format!("multi:{}", dims.join(",")),
+        }
+    }
+
+    pub fn decode(text: &str) -> Result<Self> {
+        match text {
+            "none" => Ok(Self::Unpartitioned),
+            "single" => Ok(Self::Single),
+            other => match other.strip_prefix("multi:") {
+                Some(dims) => Ok(Self::Multi(dims.split(',').map(str::to_string).collect())),
+                None => Err(Error::catalog(
+                    "reading an asset layout",
+                    format!("unknown layout {other:?}"),
+                )),
+            },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Unpartitioned => "unpartitioned".to_string(),
+            Self::Single => "partitioned by a single key".to_string(),
+            Self::Multi(dims) => format!("partitioned by dimensions {}", dims.join(", ")),
+        }
+    }
+}
+
+/// One committed partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionRecord {
+    pub partition: Partition,
+    pub rows: u64,
+    pub bytes: u64,
+    pub location: String,
+    pub version: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One committed asset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssetRecord {
+    pub target: String,
+    pub asset: AssetKey,
+    pub schema: SchemaRef,
+    pub layout: Layout,
+    /// Increases by one with every commit to the asset or any of its partitions.
+    pub version: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub location: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Sorted by partition id; empty for unpartitioned assets.
+    pub partitions: Vec<PartitionRecord>,
+}
+
+/// One entry of an asset's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub mode: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<serde_json::Value>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub location: String,
+    pub duration_ms: u64,
+    pub written_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A finished write to record.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub target: String,
+    pub asset: AssetKey,
+    pub schema: SchemaRef,
+    pub partition: Option<Partition>,
+    pub mode: Mode,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Location of what was written (the partition's file, or the asset's).
+    pub location: String,
+    /// Location of the whole asset.
+    pub asset_location: String,
+    pub duration_ms: u64,
+    pub idempotency_key: Option<String>,
+}
+
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    async fn get(&self, target: &str, asset: &AssetKey) -> Result<Option<AssetRecord>>;
+    /// Assets ordered by target then key, optionally filtered.
+    async fn list(&self, target: Option<&str>, prefix: Option<&str>) -> Result<Vec<AssetRecord>>;
+    /// Records a commit atomically and returns the asset's new version.
+    async fn commit(&self, commit: Commit) -> Result<u64>;
+    /// The answer of an earlier put with this idempotency key, if there was one.
+    async fn replay(
+        &self,
+        target: &str,
+        asset: &AssetKey,
+        idempotency_key: &str,
+    ) -> Result<Option<PutSummary>>;
+    /// Removes the asset, or only the given partitions of it. Removing the last partition
+    /// removes the asset.
+    async fn delete(&self, target: &str, asset: &AssetKey, partitions: &[Partition])
+    -> Result<()>;
+    /// Newest first.
+    async fn history(&self, target: &str, asset: &AssetKey) -> Result<Vec<HistoryEntry>>;
+}
+
+/// Serializes a schema as an Arrow IPC schema message, as Flight does.
+pub fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
+    let options = IpcWriteOptions::default();
+    let message: IpcMessage = SchemaAsIpc::new(schema, &options)
+        .try_into()
+        .map_err(|e| Error::catalog("encoding a schema", e))?;
+    Ok(message.0.to_vec())
+}
+
+pub fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
+    let schema = Schema::try_from(IpcMessage(bytes.to_vec().into()))
+        .map_err(|e| Error::catalog("decoding a stored schema", e))?;
+    Ok(Arc::new(schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_schema::{DataType, Field, TimeUnit};
+    use std::collections::HashMap;
+
+    #[test]
+    fn schemas_survive_encoding_exactly() {
+        let schema = Schema::new_with_metadata(
+            vec![
+                Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, Some("+01:00".into())), true),
+                Field::new_dictionary("d", DataType::Int32, DataType::Utf8, false),
+                Field::new("n", DataType::Decimal128(38, 9), true)
+                    .with_metadata(HashMap::from([("k".into(), "v".into())])),
+            ],
+            HashMap::from([("pandas".into(), "{}".into())]),
+        );
+        let back = decode_schema(&encode_schema(&schema).unwrap()).unwrap();
+        assert_eq!(back.as_ref(), &schema);
+    }
+
+    #[test]
+    fn layouts_round_trip() {
+        for layout in [
+            Layout::Unpartitioned,
+            Layout::Single,
+            Layout::Multi(vec!["date".into(), "region".into()]),
+        ] {
+            assert_eq!(Layout::decode(&layout.encode()).unwrap(), layout);
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Configuration: a strict TOML file, overridden by flags and `QUIVER_*` variables.
+//!
+//! Defaults live here and nowhere else. [`Config::validate`] is pure and runs before anything
+//! connects or touches the disk, so a typo is an error at start-up rather than a silent default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::protocol::check_target_name;
+
+/// Default Flight listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8815";
+/// Default directory for data and the catalog.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default largest gRPC message accepted or sent (one record batch travels in one message).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The whole configuration of a Quiver server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the Flight service listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory holding the catalog and the default roots of file targets.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Named targets. When absent, the built-in `parquet`, `json`, `csv` and `arrow` targets
+    /// are enabled under `data_dir`. When present, exactly these targets exist.
+    #[serde(default)]
+    pub targets: Option<BTreeMap<String, TargetConfig>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            catalog: CatalogConfig::default(),
+            limits: LimitsConfig::default(),
+            targets: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("a valid default address")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+/// Where the catalog of assets is kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// SQLite file of the embedded catalog. Default: `<data_dir>/catalog.sqlite`.
+    pub path: Option<PathBuf>,
+}
+
+/// Limits on what clients may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message (one record batch) accepted or sent, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
+/// One target, selected by `kind`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TargetConfig {
+    Parquet(ParquetConfig),
+    Json(FileConfig),
+    Csv(FileConfig),
+    Arrow(ArrowConfig),
+}
+
+impl TargetConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Parquet(_) => "parquet",
+            Self::Json(_) => "json",
+            Self::Csv(_) => "csv",
+            Self::Arrow(_) => "arrow",
+        }
+    }
+
+    fn root_mut(&mut self) -> &mut Option<String> {
+        match self {
+            Self::Parquet(c) => &mut c.root,
+            Self::Json(c) | Self::Csv(c) => &mut c.root,
+            Self::Arrow(c) => &mut c.root,
+        }
+    }
+}
+
+/// Settings shared by the JSON (NDJSON) and CSV targets.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// A directory path or `file://` URL. Default: `<data_dir>/<target name>`.
+    pub root: Option<String>,
+}
+
+/// Parquet target settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetConfig {
+    /// A directory path or `file://` URL. Default: `<data_dir>/<target name>`.
+    pub root: Option<String>,
+    /// `none`, `snappy`, `gzip`, `lz4`, `zstd` or `brotli`.
+    #[serde(default = "default_parquet_compression")]
+    pub compression: String,
+    /// Codec level for `gzip`, `zstd` and `brotli`; the codec's default when absent.
+    pub compression_level: Option<u32>,
+    /// Most rows per row group.
+    #[serde(default = "default_row_group_size")]
+    pub row_group_size: usize,
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        Self {
+            root: None,
+            compression: default_parquet_compression(),
+            compression_level: None,
+            row_group_size: default_row_group_size(),
+        }
+    }
+}
+
+fn default_parquet_compression() -> String {
+    "zstd".to_string()
+}
+
+fn default_row_group_size() -> usize {
+    1024 * 1024
+}
+
+/// Arrow IPC file (Feather v2) target settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArrowConfig {
+    /// A directory path or `file://` URL. Default: `<data_dir>/<target name>`.
+    pub root: Option<String>,
+    /// Buffer compression: `none`, `lz4` or `zstd`.
+    #[serde(default = "default_ipc_compression")]
+    pub compression: String,
+}
+
+impl Default for ArrowConfig {
+    fn default() -> Self {
+        Self {
+            root: None,
+            compression: default_ipc_compression(),
+        }
+    }
+}
+
+fn default_ipc_compression() -> String {
+    "none".to_string()
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::from_toml(&text)
+            .map_err(|e| Error::config(format!("config file {}: {e}", path.display())))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The targets this configuration enables, with every default filled in.
+    pub fn resolved_targets(&self) -> BTreeMap<String, TargetConfig> {
+        let mut targets = self.targets.clone().unwrap_or_else(|| {
+            BTreeMap::from([
+                (
+                    "parquet".to_string(),
+                    TargetConfig::Parquet(ParquetConfig::default()),
+                ),
+                ("json".to_string(), TargetConfig::Json(FileConfig::default())),
+                ("csv".to_string(), TargetConfig::Csv(FileConfig::default())),
+                (
+                    "arrow".to_string(),
+                    TargetConfig::Arrow(ArrowConfig::default()),
+                ),
+            ])
+        });
+        for (name, target) in &mut targets {
+            let root = target.root_mut();
+            if root.is_none() {
+                *root = Some(self.data_dir.join(name).to_string_lossy().into_owned());
+            }
+        }
+        targets
+    }
+
+    /// Path of the embedded catalog.
+    pub fn catalog_path(&self) -> PathBuf {
+        self.catalog
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("catalog.sqlite"))
+    }
+
+    /// Checks everything that can be checked without touching the outside world.
+    pub fn validate(&self) -> Result<()> {
+        if self.limits.max_message_bytes < 1024 {
+            return Err(Error::config(
+                "limits.max_message_bytes must be at least 1024",
+            ));
+        }
+        let targets = self.resolved_targets();
+        if targets.is_empty() {
+            return Err(Error::config(
+                "no targets are configured; add a [targets.<name>] table with a kind",
+            ));
+        }
+        for (name, target) in &targets {
+            check_target_name(name).map_err(|e| Error::config(e.to_string()))?;
+            match target {
+                TargetConfig::Parquet(c) => {
+                    crate::targets::file::parquet::writer_properties(c)
+                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
+                }
+                TargetConfig::Arrow(c) => {
+                    crate::targets::file::arrow::compression(&c.compression)
+                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
+                }
+                TargetConfig::Json(_) | TargetConfig::Csv(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_means_the_four_file_targets_under_data() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let targets = config.resolved_targets();
+        assert_eq!(
+            targets.keys().collect::<Vec<_>>(),
+            ["arrow", "csv", "json", "parquet"]
+        );
+        let TargetConfig::Parquet(p) = &targets["parquet"] else {
+            panic!("parquet target has kind {}", targets["parquet"].kind());
+        };
+        assert_eq!(p.root.as_deref(), Some("./data/parquet"));
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn named_targets_replace_the_defaults() {
+        let config = Config::from_toml(
+            r#"
+            data_dir = "/srv/quiver"
+            [targets.lake]
+            kind = "parquet"
+            compression = "snappy"
+            [targets.exports]
+            kind = "csv"
+            root = "file:///tmp/exports"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let targets = config.resolved_targets();
+        assert_eq!(targets.len(), 2);
+        let TargetConfig::Parquet(lake) = &targets["lake"] else {
+            panic!("lake is {}", targets["lake"].kind());
+        };
+        assert_eq!(lake.root.as_deref(), Some("/srv/quiver/lake"));
+        assert_eq!(lake.compression, "snappy");
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        for text in [
+            "listen_addr = \"0.0.0.0:1\"",
+            "[targets.a]\nkind = \"parquet\"\ncompresion = \"zstd\"",
+            "[targets.a]\nkind = \"parquett\"",
+            "[catalog]\nurl = \"x\"",
+        ] {
+            assert!(Config::from_toml(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn validate_refuses_bad_values() {
+        let bad_codec =
+            Config::from_toml("[targets.a]\nkind = \"parquet\"\ncompression = \"lzma\"").unwrap();
+        let err = bad_codec.validate().unwrap_err().to_string();
+        assert!(err.contains("[targets.a]") && err.contains("lzma"), "{err}");
+        let bad_name = Config::from_toml("[targets.\"a b\"]\nkind = \"csv\"").unwrap();
+        assert!(bad_name.validate().is_err());
+        let bad_ipc =
+            Config::from_toml("[targets.a]\nkind = \"arrow\"\ncompression = \"gzip\"").unwrap();
+        assert!(bad_ipc.validate().is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Quiver: an Arrow Flight service that stores data assets in files, databases and search
+//! engines, and serves them back type-exact.
+
+pub mod asset;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod targets;
+
+pub use error::{Error, Result};

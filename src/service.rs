@@ -1,0 +1,799 @@
+//! The Arrow Flight service: DoPut streams into a target's writer, DoGet streams a stored
+//! asset back, and the catalog answers ListFlights, GetFlightInfo, GetSchema and DoAction.
+//!
+//! Every handler reads top-down: decode the descriptor or ticket, find the target, do the work.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint,
+    FlightInfo, HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc,
+    SchemaResult, Ticket,
+};
+use arrow_ipc::writer::IpcWriteOptions;
+use arrow_schema::{Schema, SchemaRef};
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::Serialize;
+use serde_json::json;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, Span, info, warn};
+
+use crate::asset::{AssetKey, Partition};
+use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
+use crate::error::{Error, Result};
+use crate::protocol::{self, AssetCommand, AssetTicket, Mode, PutSummary};
+use crate::targets::{AssetWriter, ReadRequest, SendableBatchStream, Targets, WriteRequest};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The actions DoAction understands, with the description ListActions gives.
+const ACTIONS: [(&str, &str); 4] = [
+    (
+        "delete",
+        "Delete an asset or one partition of it. Body: {\"target\": T, \"asset\": A, \"partition\": P?}",
+    ),
+    (
+        "describe",
+        "Catalog record and write history of an asset. Body: {\"target\": T, \"asset\": A}",
+    ),
+    (
+        "list-targets",
+        "The configured targets with their kind and supported modes. Body: empty",
+    ),
+    (
+        "health",
+        "Health of every target; status is \"ok\" or \"degraded\". Body: empty",
+    ),
+];
+
+/// Per-asset locks: puts to one asset run one at a time, and the short commit step excludes
+/// readers that are opening the asset, so a reader always pins one whole version.
+#[derive(Default)]
+struct Locks {
+    by_asset: Mutex<HashMap<(String, String), Arc<AssetLock>>>,
+}
+
+#[derive(Default)]
+struct AssetLock {
+    put: tokio::sync::Mutex<()>,
+    visible: tokio::sync::RwLock<()>,
+}
+
+impl Locks {
+    fn get(&self, target: &str, asset: &AssetKey) -> Arc<AssetLock> {
+        let mut map = self.by_asset.lock().expect("lock map");
+        Arc::clone(
+            map.entry((target.to_string(), asset.to_string()))
+                .or_default(),
+        )
+    }
+}
+
+/// The Quiver Flight service.
+#[derive(Clone)]
+pub struct QuiverService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    targets: Targets,
+    catalog: Arc<dyn Catalog>,
+    locks: Locks,
+}
+
+impl QuiverService {
+    pub fn new(targets: Targets, catalog: Arc<dyn Catalog>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                targets,
+                catalog,
+                locks: Locks::default(),
+            }),
+        }
+    }
+}
+
+fn flight_error(err: FlightError) -> Error {
+    match err {
+        FlightError::Tonic(status) => Error::Cancelled {
+            message: status.message().to_string(),
+        },
+        other => Error::invalid_data(format!("the DoPut stream could not be decoded: {other}")),
+    }
+}
+
+fn same_fields(a: &Schema, b: &Schema) -> bool {
+    a.fields() == b.fields()
+}
+
+impl Inner {
+    /// Runs one DoPut from the first message to the commit.
+    async fn put(&self, mut input: Streaming<FlightData>) -> Result<PutSummary> {
+        let started = Instant::now();
+        let first = match input.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => {
+                return Err(Error::invalid_request(
+                    "the DoPut stream is empty; send a FlightDescriptor and a schema first",
+                ));
+            }
+            Err(status) => return Err(flight_error(FlightError::Tonic(Box::new(status)))),
+        };
+        let descriptor = first.flight_descriptor.clone().ok_or_else(|| {
+            Error::invalid_request(
+                "the first DoPut message has no FlightDescriptor; name the target and asset in it",
+            )
+        })?;
+        let cmd = protocol::parse_descriptor(&descriptor)?;
+        Span::current().record("target", cmd.target.as_str());
+        Span::current().record("asset", cmd.asset.to_string());
+        let target = Arc::clone(self.targets.get(&cmd.target)?);
+        if !target.modes().contains(&cmd.mode) {
+            return Err(Error::UnsupportedMode {
+                target: cmd.target.clone(),
+                mode: cmd.mode.to_string(),
+                supported_by: self.targets.supporting(cmd.mode),
+            });
+        }
+
+        let rest = input.map_err(|status| FlightError::Tonic(Box::new(status)));
+        let mut decoder =
+            FlightDataDecoder::new(futures::stream::once(async { Ok(first) }).chain(rest));
+        let schema = match decoder.next().await {
+            Some(Ok(decoded)) => match decoded.payload {
+                DecodedPayload::Schema(schema) => schema,
+                _ => {
+                    return Err(Error::invalid_request(
+                        "the first DoPut message carries no schema; send the schema before any batch",
+                    ));
+                }
+            },
+            Some(Err(e)) => return Err(flight_error(e)),
+            None => {
+                return Err(Error::invalid_request(
+                    "the DoPut stream ended before a schema was sent",
+                ));
+            }
+        };
+        check_columns(&cmd, &schema)?;
+
+        let lock = self.locks.get(&cmd.target, &cmd.asset);
+        let _put = lock.put.lock().await;
+        if let Some(key) = &cmd.idempotency_key {
+            if let Some(previous) = self.catalog.replay(&cmd.target, &cmd.asset, key).await? {
+                drain(&mut decoder).await?;
+                info!(version = previous.version, "replayed an idempotent put");
+                return Ok(previous);
+            }
+        }
+        let existing = self.catalog.get(&cmd.target, &cmd.asset).await?;
+        self.check_against_existing(&cmd, &schema, existing.as_ref())
+            .await?;
+
+        let request = WriteRequest {
+            asset: cmd.asset.clone(),
+            mode: cmd.mode,
+            partition: cmd.partition.clone(),
+            partition_column: cmd.partition_column.clone(),
+            key: cmd.key.clone(),
+            options: cmd.options.clone(),
+        };
+        let mut writer = target.begin(&request, Arc::clone(&schema)).await?;
+        if let Err(e) = pump(&mut decoder, writer.as_mut()).await {
+            if let Err(abort) = writer.abort().await {
+                warn!(error = %abort, "aborting a failed put also failed");
+            }
+            return Err(e);
+        }
+
+        let _visible = lock.visible.write().await;
+        let written = writer.commit().await?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let version = self
+            .catalog
+            .commit(Commit {
+                target: cmd.target.clone(),
+                asset: cmd.asset.clone(),
+                schema,
+                partition: cmd.partition.clone(),
+                mode: cmd.mode,
+                rows: written.rows,
+                bytes: written.bytes,
+                location: written.location.clone(),
+                asset_location: target.location(&cmd.asset, None),
+                duration_ms,
+                idempotency_key: cmd.idempotency_key.clone(),
+            })
+            .await?;
+        Span::current().record("rows", written.rows);
+        info!(version, rows = written.rows, bytes = written.bytes, "put committed");
+        Ok(PutSummary {
+            asset: cmd.asset.to_string(),
+            target: cmd.target,
+            mode: cmd.mode,
+            partition: cmd.partition.as_ref().map(Partition::to_json),
+            rows: written.rows,
+            bytes: written.bytes,
+            location: written.location,
+            version,
+            duration_ms,
+            idempotency_key: cmd.idempotency_key,
+            replayed: false,
+        })
+    }
+
+    /// Refuses a put that conflicts with the asset's layout, its other partitions' schema, or
+    /// a neighbouring asset's files.
+    async fn check_against_existing(
+        &self,
+        cmd: &AssetCommand,
+        schema: &Schema,
+        existing: Option<&AssetRecord>,
+    ) -> Result<()> {
+        let layout = Layout::of(cmd.partition.as_ref());
+        if let Some(record) = existing {
+            if record.layout != layout {
+                return Err(Error::failed_precondition(format!(
+                    "asset '{}' in target '{}' is {}, but this put is {}; delete the asset first \
+                     to change how it is partitioned",
+                    cmd.asset,
+                    cmd.target,
+                    record.layout.describe(),
+                    layout.describe()
+                )));
+            }
+            let others = record
+                .partitions
+                .iter()
+                .any(|p| Some(&p.partition) != cmd.partition.as_ref());
+            if layout.is_partitioned() && others && !same_fields(&record.schema, schema) {
+                return Err(Error::failed_precondition(format!(
+                    "partition schema differs from the other partitions of asset '{}' in target \
+                     '{}': stored {:?}, sent {:?}; every partition of an asset shares one schema",
+                    cmd.asset,
+                    cmd.target,
+                    field_summary(&record.schema),
+                    field_summary(schema)
+                )));
+            }
+            return Ok(());
+        }
+        // A new asset must not nest inside a partitioned asset's directory, nor contain assets.
+        let name = cmd.asset.to_string();
+        let neighbours = self.catalog.list(Some(&cmd.target), None).await?;
+        for other in neighbours {
+            let other_name = other.asset.to_string();
+            let inside_partitioned =
+                other.layout.is_partitioned() && name.starts_with(&format!("{other_name}/"));
+            let holds_others = layout.is_partitioned() && other_name.starts_with(&format!("{name}/"));
+            if inside_partitioned || holds_others {
+                return Err(Error::failed_precondition(format!(
+                    "asset '{name}' would share storage with asset '{other_name}' in target '{}' \
+                     (a partitioned asset's partitions live under its name); choose another name",
+                    cmd.target
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens an asset for DoGet.
+    async fn open(&self, ticket: AssetTicket) -> Result<(SchemaRef, SendableBatchStream)> {
+        let target_name = self.resolve_target(ticket.target.as_deref(), &ticket.asset).await?;
+        Span::current().record("target", target_name.as_str());
+        Span::current().record("asset", ticket.asset.to_string());
+        let target = Arc::clone(self.targets.get(&target_name)?);
+        let lock = self.locks.get(&target_name, &ticket.asset);
+        let _visible = lock.visible.read().await;
+        let record = self.record(&target_name, &ticket.asset).await?;
+        if let Some(version) = ticket.version {
+            if version != record.version {
+                return Err(Error::failed_precondition(format!(
+                    "the ticket is for version {version} of asset '{}' in target '{target_name}', \
+                     but the current version is {}; get a new ticket with GetFlightInfo",
+                    ticket.asset, record.version
+                )));
+            }
+        }
+        let partitions = select_partitions(&record, &ticket.partitions)?;
+        let projection = match &ticket.columns {
+            None => None,
+            Some(columns) => Some(project(&record, columns)?),
+        };
+        let schema = match &projection {
+            Some(indices) => Arc::new(
+                record
+                    .schema
+                    .project(indices)
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            ),
+            None => Arc::clone(&record.schema),
+        };
+        let stream = target
+            .read(&ReadRequest {
+                asset: ticket.asset.clone(),
+                schema: Arc::clone(&record.schema),
+                partitions,
+                projection,
+            })
+            .await?;
+        Ok((schema, stream))
+    }
+
+    async fn record(&self, target: &str, asset: &AssetKey) -> Result<AssetRecord> {
+        self.catalog
+            .get(target, asset)
+            .await?
+            .ok_or_else(|| Error::AssetNotFound {
+                target: target.to_string(),
+                asset: asset.to_string(),
+                partition: None,
+            })
+    }
+
+    /// The target a ticket means: the one it names, or the only one holding the asset.
+    async fn resolve_target(&self, target: Option<&str>, asset: &AssetKey) -> Result<String> {
+        if let Some(target) = target {
+            return Ok(target.to_string());
+        }
+        let name = asset.to_string();
+        let holders: Vec<String> = self
+            .catalog
+            .list(None, Some(&name))
+            .await?
+            .into_iter()
+            .filter(|r| r.asset == *asset)
+            .map(|r| r.target)
+            .collect();
+        match holders.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::AssetNotFound {
+                target: "any".to_string(),
+                asset: name,
+                partition: None,
+            }),
+            many => Err(Error::invalid_request(format!(
+                "asset '{name}' exists in targets {}; name one with \"target\"",
+                many.join(", ")
+            ))),
+        }
+    }
+
+    fn flight_info(&self, record: &AssetRecord, partitions: Vec<Partition>) -> Result<FlightInfo> {
+        let (rows, bytes) = if partitions.is_empty() {
+            (record.rows, record.bytes)
+        } else {
+            record
+                .partitions
+                .iter()
+                .filter(|p| partitions.contains(&p.partition))
+                .fold((0, 0), |(r, b), p| (r + p.rows, b + p.bytes))
+        };
+        let ticket = protocol::encode_ticket(&AssetTicket {
+            target: Some(record.target.clone()),
+            asset: record.asset.clone(),
+            partitions,
+            columns: None,
+            version: Some(record.version),
+        });
+        let kind = self
+            .targets
+            .get(&record.target)
+            .map(|t| t.kind())
+            .unwrap_or("unconfigured");
+        FlightInfo::new()
+            .try_with_schema(&record.schema)
+            .map_err(|e| Error::internal(format!("encoding a schema: {e}")))
+            .map(|info| {
+                info.with_descriptor(protocol::path_descriptor(&record.target, &record.asset))
+                    .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+                    .with_total_records(rows as i64)
+                    .with_total_bytes(bytes as i64)
+                    .with_ordered(true)
+                    .with_app_metadata(describe_record(record, kind).to_string())
+            })
+    }
+
+    async fn delete(&self, action: protocol::AssetAction) -> Result<serde_json::Value> {
+        let target = Arc::clone(self.targets.get(&action.target)?);
+        let lock = self.locks.get(&action.target, &action.asset);
+        let _put = lock.put.lock().await;
+        let _visible = lock.visible.write().await;
+        let record = self.record(&action.target, &action.asset).await?;
+        let partitions: Vec<Partition> = match &action.partition {
+            None => record.partitions.iter().map(|p| p.partition.clone()).collect(),
+            Some(_) if !record.layout.is_partitioned() => {
+                return Err(Error::invalid_request(format!(
+                    "asset '{}' in target '{}' is not partitioned; delete it without \"partition\"",
+                    action.asset, action.target
+                )));
+            }
+            Some(p) => {
+                if !record.partitions.iter().any(|r| &r.partition == p) {
+                    return Err(Error::AssetNotFound {
+                        target: action.target.clone(),
+                        asset: action.asset.to_string(),
+                        partition: Some(p.to_string()),
+                    });
+                }
+                vec![p.clone()]
+            }
+        };
+        let catalog_partitions = if action.partition.is_some() {
+            partitions.clone()
+        } else {
+            Vec::new()
+        };
+        // The catalog goes first: once it forgets the data, no reader can open it.
+        self.catalog
+            .delete(&action.target, &action.asset, &catalog_partitions)
+            .await?;
+        target.delete(&action.asset, &partitions).await?;
+        info!(target = %action.target, asset = %action.asset, "deleted");
+        Ok(json!({
+            "deleted": action.asset.to_string(),
+            "target": action.target,
+            "partition": action.partition.as_ref().map(Partition::to_json),
+        }))
+    }
+
+    async fn describe(&self, action: protocol::AssetAction) -> Result<serde_json::Value> {
+        let target = self.targets.get(&action.target)?;
+        let record = self.record(&action.target, &action.asset).await?;
+        let history = self.catalog.history(&action.target, &action.asset).await?;
+        let mut value = describe_record(&record, target.kind());
+        value["schema"] = schema_json(&record.schema);
+        value["history"] = serde_json::to_value(history).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(value)
+    }
+
+    fn list_targets(&self) -> serde_json::Value {
+        let targets: Vec<_> = self
+            .targets
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name(),
+                    "kind": t.kind(),
+                    "modes": t.modes().iter().map(Mode::as_str).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!(targets)
+    }
+
+    async fn health(&self) -> serde_json::Value {
+        let mut targets = serde_json::Map::new();
+        let mut healthy = true;
+        for target in self.targets.iter() {
+            let state = match target.healthcheck().await {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => {
+                    healthy = false;
+                    json!({"ok": false, "error": e.to_string()})
+                }
+            };
+            targets.insert(target.name().to_string(), state);
+        }
+        json!({"status": if healthy { "ok" } else { "degraded" }, "targets": targets})
+    }
+}
+
+/// Feeds every decoded batch to the writer.
+async fn pump(decoder: &mut FlightDataDecoder, writer: &mut dyn AssetWriter) -> Result<()> {
+    while let Some(item) = decoder.next().await {
+        match item.map_err(flight_error)?.payload {
+            DecodedPayload::RecordBatch(batch) => writer.write(batch).await?,
+            DecodedPayload::Schema(_) => {
+                return Err(Error::invalid_data(
+                    "the DoPut stream sent a second schema; one put carries one schema",
+                ));
+            }
+            DecodedPayload::None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reads and discards the rest of a stream (an idempotent replay still consumes its input).
+async fn drain(decoder: &mut FlightDataDecoder) -> Result<()> {
+    while let Some(item) = decoder.next().await {
+        item.map_err(flight_error)?;
+    }
+    Ok(())
+}
+
+fn check_columns(cmd: &AssetCommand, schema: &Schema) -> Result<()> {
+    let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+    let missing = |column: &str| {
+        Error::invalid_request(format!(
+            "column '{column}' named in the descriptor is not in the schema of asset '{}'; \
+             columns: {}",
+            cmd.asset,
+            names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+    };
+    for column in cmd.key.iter().chain(cmd.partition_column.iter()) {
+        if schema.field_with_name(column).is_err() {
+            return Err(missing(column));
+        }
+    }
+    Ok(())
+}
+
+fn select_partitions(record: &AssetRecord, wanted: &[Partition]) -> Result<Option<Vec<Partition>>> {
+    if !record.layout.is_partitioned() {
+        if !wanted.is_empty() {
+            return Err(Error::invalid_request(format!(
+                "asset '{}' in target '{}' is not partitioned; read it without \"partition\"",
+                record.asset, record.target
+            )));
+        }
+        return Ok(None);
+    }
+    if wanted.is_empty() {
+        return Ok(Some(
+            record.partitions.iter().map(|p| p.partition.clone()).collect(),
+        ));
+    }
+    for p in wanted {
+        if !record.partitions.iter().any(|r| &r.partition == p) {
+            return Err(Error::AssetNotFound {
+                target: record.target.clone(),
+                asset: record.asset.to_string(),
+                partition: Some(p.to_string()),
+            });
+        }
+    }
+    Ok(Some(wanted.to_vec()))
+}
+
+fn project(record: &AssetRecord, columns: &[String]) -> Result<Vec<usize>> {
+    columns
+        .iter()
+        .map(|c| {
+            record.schema.index_of(c).map_err(|_| {
+                Error::invalid_request(format!(
+                    "column '{c}' is not in asset '{}'; columns: {}",
+                    record.asset,
+                    field_summary(&record.schema)
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
+fn field_summary(schema: &Schema) -> Vec<(String, String)> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect()
+}
+
+fn schema_json(schema: &Schema) -> serde_json::Value {
+    json!(
+        schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+            .collect::<Vec<_>>()
+    )
+}
+
+fn describe_record(record: &AssetRecord, kind: &str) -> serde_json::Value {
+    let partitions: Vec<_> = record
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition.to_json(),
+                "rows": p.rows,
+                "bytes": p.bytes,
+                "location": p.location,
+                "version": p.version,
+                "updated_at": p.updated_at.to_rfc3339(),
+            })
+        })
+        .collect();
+    json!({
+        "target": record.target,
+        "kind": kind,
+        "asset": record.asset.to_string(),
+        "version": record.version,
+        "rows": record.rows,
+        "bytes": record.bytes,
+        "location": record.location,
+        "created_at": record.created_at.to_rfc3339(),
+        "updated_at": record.updated_at.to_rfc3339(),
+        "partitioned": record.layout.is_partitioned(),
+        "partitions": partitions,
+    })
+}
+
+fn json_result(value: &impl Serialize) -> Result<arrow_flight::Result, Status> {
+    let body = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(arrow_flight::Result::new(body))
+}
+
+fn once<T: Send + 'static>(item: T) -> BoxStream<T> {
+    futures::stream::once(async move { Ok(item) }).boxed()
+}
+
+#[tonic::async_trait]
+impl FlightService for QuiverService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "this server has no authentication configured; call it without a handshake",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(target, prefix))]
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let criteria = protocol::parse_criteria(&request.into_inner().expression)?;
+        let records = self
+            .inner
+            .catalog
+            .list(criteria.target.as_deref(), criteria.prefix.as_deref())
+            .await?;
+        let infos = records
+            .iter()
+            .map(|r| self.inner.flight_info(r, Vec::new()).map_err(Status::from))
+            .collect::<Vec<_>>();
+        Ok(Response::new(futures::stream::iter(infos).boxed()))
+    }
+
+    #[tracing::instrument(skip_all, fields(target, asset))]
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let cmd = protocol::parse_descriptor(&request.into_inner())?;
+        Span::current().record("target", cmd.target.as_str());
+        Span::current().record("asset", cmd.asset.to_string());
+        self.inner.targets.get(&cmd.target)?;
+        let record = self.inner.record(&cmd.target, &cmd.asset).await?;
+        let partitions = select_partitions(&record, cmd.partition.as_slice())?
+            .filter(|_| cmd.partition.is_some())
+            .unwrap_or_default();
+        Ok(Response::new(self.inner.flight_info(&record, partitions)?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "PollFlightInfo is not supported; use GetFlightInfo, which answers at once",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(target, asset))]
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let cmd = protocol::parse_descriptor(&request.into_inner())?;
+        Span::current().record("target", cmd.target.as_str());
+        Span::current().record("asset", cmd.asset.to_string());
+        self.inner.targets.get(&cmd.target)?;
+        let record = self.inner.record(&cmd.target, &cmd.asset).await?;
+        let options = IpcWriteOptions::default();
+        let result: SchemaResult = SchemaAsIpc::new(&record.schema, &options)
+            .try_into()
+            .map_err(|e: arrow_schema::ArrowError| Status::internal(e.to_string()))?;
+        Ok(Response::new(result))
+    }
+
+    #[tracing::instrument(skip_all, fields(target, asset))]
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket = protocol::parse_ticket(&request.into_inner().ticket)?;
+        let (schema, batches) = self.inner.open(ticket).await?;
+        // Dictionaries are sent as dictionaries: a read returns exactly the types written.
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_dictionary_handling(DictionaryHandling::Resend)
+            .build(batches.map_err(|e| FlightError::Tonic(Box::new(Status::from(e)))))
+            .map_err(|e| match e {
+                FlightError::Tonic(status) => *status,
+                other => Status::internal(other.to_string()),
+            });
+        Ok(Response::new(stream.boxed()))
+    }
+
+    #[tracing::instrument(skip_all, fields(target, asset, rows))]
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        // The put runs in its own task so that a client going away cannot drop it half-way:
+        // the task sees the broken stream and aborts the writer.
+        let inner = Arc::clone(&self.inner);
+        let span = Span::current();
+        let task = tokio::spawn(
+            async move { inner.put(request.into_inner()).await }.instrument(span),
+        );
+        let summary = task.await.map_err(Error::from)??;
+        let metadata = serde_json::to_vec(&summary).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(once(PutResult {
+            app_metadata: metadata.into(),
+        })))
+    }
+
+    #[tracing::instrument(skip_all, fields(action))]
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        Span::current().record("action", action.r#type.as_str());
+        let value = match action.r#type.as_str() {
+            "delete" => {
+                self.inner
+                    .delete(protocol::parse_asset_action("delete", &action.body)?)
+                    .await?
+            }
+            "describe" => {
+                self.inner
+                    .describe(protocol::parse_asset_action("describe", &action.body)?)
+                    .await?
+            }
+            "list-targets" => self.inner.list_targets(),
+            "health" => self.inner.health().await,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action '{other}'; actions: {}",
+                    ACTIONS.map(|(name, _)| name).join(", ")
+                )));
+            }
+        };
+        Ok(Response::new(once(json_result(&value)?)))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = ACTIONS.map(|(name, description)| {
+            Ok(ActionType {
+                r#type: name.to_string(),
+                description: description.to_string(),
+            })
+        });
+        Ok(Response::new(futures::stream::iter(actions).boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "DoExchange is not supported; write with DoPut and read with DoGet",
+        ))
+    }
+}

@@ -1,0 +1,167 @@
+//! CSV files with a header row. Nulls are written as `\N` (the PostgreSQL and MySQL
+//! convention) so they stay distinct from empty strings; a string that is exactly `\N` is
+//! refused rather than silently turned into a null. Nested types are refused.
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_csv::{Writer, WriterBuilder};
+use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
+use async_trait::async_trait;
+
+use super::{
+    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream,
+    refuse_options, restore_types, text_dictionary_ok, wire_schema,
+};
+use crate::error::{Error, Result};
+use crate::protocol::Options;
+use crate::targets::SendableBatchStream;
+
+/// How a null is written.
+pub const NULL_MARKER: &str = "\\N";
+/// Rows per batch when reading back.
+const READ_BATCH_ROWS: usize = 16 * 1024;
+
+pub(crate) struct CsvFormat;
+
+#[async_trait]
+impl Format for CsvFormat {
+    fn kind(&self) -> &'static str {
+        "csv"
+    }
+
+    fn extension(&self) -> &'static str {
+        "csv"
+    }
+
+    fn check_schema(&self, schema: &Schema) -> Result<(), String> {
+        for field in schema.fields() {
+            if !supported(field.data_type()) || !text_dictionary_ok(field.data_type(), true) {
+                let hint = if field.data_type().is_nested() {
+                    "CSV cannot hold nested values; use the json, parquet or arrow target"
+                } else {
+                    "CSV cannot hold it exactly; use the parquet or arrow target"
+                };
+                return Err(format!(
+                    "column '{}' has type {}: {hint}",
+                    field.name(),
+                    field.data_type()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn encoder(
+        &self,
+        schema: SchemaRef,
+        out: SharedBuffer,
+        options: &Options,
+    ) -> Result<Box<dyn Encoder>> {
+        refuse_options("csv", options, &[])?;
+        let writer = WriterBuilder::new()
+            .with_header(true)
+            .with_null(NULL_MARKER.to_string())
+            .build(out);
+        Ok(Box::new(CsvEncoder {
+            writer,
+            schema,
+            started: false,
+        }))
+    }
+
+    async fn read(
+        &self,
+        object: PinnedObject,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+    ) -> Result<SendableBatchStream> {
+        let target = object.target.clone();
+        let null = regex::Regex::new(r"^\\N$").expect("a valid regex");
+        let decoder = arrow_csv::ReaderBuilder::new(wire_schema(&schema))
+            .with_header(true)
+            .with_null_regex(null)
+            .with_batch_size(READ_BATCH_ROWS)
+            .build_decoder();
+        let bytes = object.stream(None).await?;
+        let finish_target = target.clone();
+        Ok(decode_text_stream(
+            bytes,
+            CsvDecoder(decoder),
+            target,
+            move |batch| {
+                restore_types(batch, &schema, projection.as_deref())
+                    .map_err(|e| Error::format(&finish_target, "read a CSV file", e))
+            },
+        ))
+    }
+}
+
+/// Types arrow-csv writes and parses back to the same values.
+fn supported(data_type: &DataType) -> bool {
+    use DataType::*;
+    match data_type {
+        Null | Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+        | Float32 | Float64 | Utf8 | LargeUtf8 | Date32 | Date64 | Time32(_) | Time64(_)
+        | Timestamp(_, _) | Decimal128(_, _) | Decimal256(_, _) => true,
+        Dictionary(_, value) => supported(value),
+        _ => false,
+    }
+}
+
+struct CsvEncoder {
+    writer: Writer<SharedBuffer>,
+    schema: SchemaRef,
+    /// Whether the header has been written (it goes out with the first batch).
+    started: bool,
+}
+
+impl Encoder for CsvEncoder {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        for (column, field) in batch.columns().iter().zip(self.schema.fields()) {
+            if holds_null_marker(column) {
+                return Err(Error::invalid_data(format!(
+                    "column '{}' holds the string \"\\N\", which the csv target uses for null; \
+                     store it in the json, parquet or arrow target",
+                    field.name()
+                )));
+            }
+        }
+        self.started = true;
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::invalid_data(format!("cannot encode a batch as CSV: {e}")))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        // An empty asset still gets its header, so the file reads back as zero rows.
+        if !self.started {
+            self.writer
+                .write(&RecordBatch::new_empty(self.schema.clone()))
+                .map_err(|e| Error::invalid_data(format!("cannot write the CSV header: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn holds_null_marker(array: &ArrayRef) -> bool {
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().flatten().any(|s| s == NULL_MARKER),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().flatten().any(|s| s == NULL_MARKER),
+        DataType::Dictionary(_, _) => array
+            .as_any_dictionary_opt()
+            .is_some_and(|d| holds_null_marker(d.values())),
+        _ => false,
+    }
+}
+
+struct CsvDecoder(arrow_csv::reader::Decoder);
+
+impl TextDecoder for CsvDecoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, ArrowError> {
+        self.0.decode(buf)
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        self.0.flush()
+    }
+}

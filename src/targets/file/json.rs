@@ -1,0 +1,147 @@
+//! Newline-delimited JSON files. Read back with the catalog's schema, so types round-trip.
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_json::writer::LineDelimited;
+use arrow_json::{Writer, WriterBuilder};
+use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
+use async_trait::async_trait;
+
+use super::{
+    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream,
+    refuse_options, restore_types, text_dictionary_ok, wire_schema,
+};
+use crate::error::{Error, Result};
+use crate::protocol::Options;
+use crate::targets::SendableBatchStream;
+
+/// Rows per batch when reading back.
+const READ_BATCH_ROWS: usize = 16 * 1024;
+
+pub(crate) struct JsonFormat;
+
+#[async_trait]
+impl Format for JsonFormat {
+    fn kind(&self) -> &'static str {
+        "json"
+    }
+
+    fn extension(&self) -> &'static str {
+        "json"
+    }
+
+    fn check_schema(&self, schema: &Schema) -> Result<(), String> {
+        super::find_unsupported(schema, |t| supported(t) && text_dictionary_ok(t, true))
+    }
+
+    fn encoder(
+        &self,
+        schema: SchemaRef,
+        out: SharedBuffer,
+        options: &Options,
+    ) -> Result<Box<dyn Encoder>> {
+        refuse_options("json", options, &[])?;
+        let writer = WriterBuilder::new()
+            .with_explicit_nulls(false)
+            .build::<_, LineDelimited>(out);
+        Ok(Box::new(JsonEncoder { writer, schema }))
+    }
+
+    async fn read(
+        &self,
+        object: PinnedObject,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+    ) -> Result<SendableBatchStream> {
+        let target = object.target.clone();
+        let decoder = arrow_json::ReaderBuilder::new(wire_schema(&schema))
+            .with_batch_size(READ_BATCH_ROWS)
+            .build_decoder()
+            .map_err(|e| Error::format(&target, "read an NDJSON file", e))?;
+        let bytes = object.stream(None).await?;
+        let finish_target = target.clone();
+        Ok(decode_text_stream(
+            bytes,
+            JsonDecoder(decoder),
+            target,
+            move |batch| {
+                restore_types(batch, &schema, projection.as_deref())
+                    .map_err(|e| Error::format(&finish_target, "read an NDJSON file", e))
+            },
+        ))
+    }
+}
+
+/// Types arrow-json writes and reads back to the same values.
+fn supported(data_type: &DataType) -> bool {
+    use DataType::*;
+    match data_type {
+        Null | Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+        | Float16 | Float32 | Float64 | Utf8 | LargeUtf8 | Binary | LargeBinary | Date32
+        | Date64 | Time32(_) | Time64(_) | Timestamp(_, _) | Decimal128(_, _)
+        | Decimal256(_, _) | Duration(_) => true,
+        Dictionary(_, value) => supported(value),
+        List(f) | LargeList(f) => supported(f.data_type()),
+        Struct(fields) => fields.iter().all(|f| supported(f.data_type())),
+        _ => false,
+    }
+}
+
+struct JsonEncoder {
+    writer: Writer<SharedBuffer, LineDelimited>,
+    schema: SchemaRef,
+}
+
+impl Encoder for JsonEncoder {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        for (column, field) in batch.columns().iter().zip(self.schema.fields()) {
+            if let Some(value) = first_non_finite(column) {
+                return Err(Error::invalid_data(format!(
+                    "column '{}' holds {value}, which JSON cannot represent; \
+                     store it in the parquet or arrow target, or replace it with null",
+                    field.name()
+                )));
+            }
+        }
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::invalid_data(format!("cannot encode a batch as JSON: {e}")))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.writer
+            .finish()
+            .map_err(|e| Error::invalid_data(format!("cannot finish the JSON file: {e}")))
+    }
+}
+
+/// The first NaN or infinity in a float column, at any depth.
+fn first_non_finite(array: &ArrayRef) -> Option<String> {
+    match array.data_type() {
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            let as_f64 = arrow_cast::cast(array, &DataType::Float64).ok()?;
+            as_f64
+                .as_primitive::<arrow_array::types::Float64Type>()
+                .iter()
+                .flatten()
+                .find(|v| !v.is_finite())
+                .map(|v| v.to_string())
+        }
+        DataType::List(_) => first_non_finite(array.as_list::<i32>().values()),
+        DataType::LargeList(_) => first_non_finite(array.as_list::<i64>().values()),
+        DataType::Struct(_) => array.as_struct().columns().iter().find_map(first_non_finite),
+        _ => None,
+    }
+}
+
+struct JsonDecoder(arrow_json::reader::Decoder);
+
+impl TextDecoder for JsonDecoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, ArrowError> {
+        self.0.decode(buf)
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        self.0.flush()
+    }
+}

@@ -1,0 +1,603 @@
+//! File targets: Parquet, NDJSON, CSV and Arrow IPC files in an object store.
+//!
+//! Every file goes through the `object_store` crate, so a root may be a local directory now and
+//! an `s3://` bucket later without new code. The layout is Dagster's UPathIOManager's:
+//! `root/<asset path>.<ext>`, and for partitioned assets `root/<asset path>/<partition>.<ext>`.
+//!
+//! Atomicity comes from the object store: a write is one upload to the final path, and an
+//! upload only becomes visible when it completes (a staged file renamed into place on a local
+//! disk, a completed multipart upload on S3). Aborting or dropping the writer discards it.
+
+pub mod arrow;
+pub mod csv;
+pub mod json;
+pub mod parquet;
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::asset::{AssetKey, Partition};
+use crate::config::{ArrowConfig, FileConfig, ParquetConfig};
+use crate::error::{Error, Result};
+use crate::protocol::{Mode, Options};
+use crate::targets::{
+    AssetWriter, ReadRequest, SendableBatchStream, Target, WriteRequest, WriteSummary,
+};
+
+/// Bytes buffered before an upload part is sent.
+const UPLOAD_PART_BYTES: usize = 10 * 1024 * 1024;
+/// Upload parts in flight per writer.
+const UPLOAD_CONCURRENCY: usize = 4;
+
+/// A file format: how batches become bytes in one object and back.
+#[async_trait]
+pub(crate) trait Format: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+    fn extension(&self) -> &'static str;
+    /// Refuses a schema this format cannot store exactly, naming the column.
+    fn check_schema(&self, schema: &Schema) -> Result<(), String>;
+    /// An encoder writing the file's bytes into `out`.
+    fn encoder(
+        &self,
+        schema: SchemaRef,
+        out: SharedBuffer,
+        options: &Options,
+    ) -> Result<Box<dyn Encoder>>;
+    /// Streams the batches of one stored file.
+    async fn read(
+        &self,
+        object: PinnedObject,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+    ) -> Result<SendableBatchStream>;
+}
+
+/// A synchronous encoder; it runs on the blocking thread pool.
+pub(crate) trait Encoder: Send {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// An in-memory sink shared between an encoder and the upload that drains it.
+#[derive(Clone, Default)]
+pub(crate) struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().expect("buffer lock"))
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One stored object, pinned to the version that was current when the read began: every
+/// request carries its e-tag, so a commit that lands mid-read fails the read cleanly instead
+/// of mixing two versions.
+#[derive(Clone)]
+pub(crate) struct PinnedObject {
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    target: String,
+    asset: String,
+}
+
+impl PinnedObject {
+    pub(crate) fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    fn options(&self, range: Option<GetRange>) -> GetOptions {
+        GetOptions::default()
+            .with_if_match(self.meta.e_tag.clone())
+            .with_range(range)
+    }
+
+    fn map_err(&self, err: object_store::Error) -> Error {
+        match err {
+            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => {
+                Error::ReadConflict {
+                    target: self.target.clone(),
+                    asset: self.asset.clone(),
+                }
+            }
+            other => Error::storage(
+                &self.target,
+                format!("reading {}", self.meta.location),
+                other,
+            ),
+        }
+    }
+
+    /// The whole object (or one range of it) as a stream of byte chunks.
+    pub(crate) async fn stream(
+        &self,
+        range: Option<Range<u64>>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let result: GetResult = self
+            .store
+            .get_opts(
+                &self.meta.location,
+                self.options(range.map(GetRange::Bounded)),
+            )
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let this = self.clone();
+        Ok(result
+            .into_stream()
+            .map_err(move |e| this.map_err(e))
+            .boxed())
+    }
+
+    pub(crate) async fn bytes(&self, range: Range<u64>) -> Result<Bytes> {
+        let result = self
+            .store
+            .get_opts(&self.meta.location, self.options(Some(GetRange::Bounded(range))))
+            .await
+            .map_err(|e| self.map_err(e))?;
+        result.bytes().await.map_err(|e| self.map_err(e))
+    }
+}
+
+/// A target storing each asset as files of one format.
+pub struct FileTarget {
+    name: String,
+    format: Arc<dyn Format>,
+    store: Arc<dyn ObjectStore>,
+    /// The root as users see it, e.g. `file:///data/parquet`.
+    root_url: String,
+}
+
+impl FileTarget {
+    pub fn parquet(name: &str, config: &ParquetConfig) -> Result<Self> {
+        let format = parquet::ParquetFormat::new(config)?;
+        Self::new(name, config.root.as_deref(), Arc::new(format))
+    }
+
+    pub fn json(name: &str, config: &FileConfig) -> Result<Self> {
+        Self::new(name, config.root.as_deref(), Arc::new(json::JsonFormat))
+    }
+
+    pub fn csv(name: &str, config: &FileConfig) -> Result<Self> {
+        Self::new(name, config.root.as_deref(), Arc::new(csv::CsvFormat))
+    }
+
+    pub fn arrow(name: &str, config: &ArrowConfig) -> Result<Self> {
+        let format = arrow::ArrowFormat::new(config)?;
+        Self::new(name, config.root.as_deref(), Arc::new(format))
+    }
+
+    fn new(name: &str, root: Option<&str>, format: Arc<dyn Format>) -> Result<Self> {
+        let root = root.ok_or_else(|| {
+            Error::config(format!("[targets.{name}] has no root; set root = \"<dir or URL>\""))
+        })?;
+        let (store, root_url) = open_store(name, root)?;
+        Ok(Self {
+            name: name.to_string(),
+            format,
+            store,
+            root_url,
+        })
+    }
+
+    fn path(&self, asset: &AssetKey, partition: Option<&Partition>) -> Path {
+        let ext = self.format.extension();
+        let mut parts: Vec<String> = asset.segments().to_vec();
+        match partition {
+            None => {
+                let last = parts.pop().expect("an asset key has a segment");
+                parts.push(format!("{last}.{ext}"));
+            }
+            Some(p) => {
+                let mut segs: Vec<String> = p.path_segments().iter().map(|s| s.to_string()).collect();
+                let last = segs.pop().expect("a partition has a segment");
+                parts.extend(segs);
+                parts.push(format!("{last}.{ext}"));
+            }
+        }
+        Path::from_iter(parts)
+    }
+
+    async fn pin(&self, asset: &AssetKey, partition: Option<&Partition>) -> Result<PinnedObject> {
+        let path = self.path(asset, partition);
+        let meta = self.store.head(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => Error::failed_precondition(format!(
+                "the catalog lists asset '{asset}'{} in target '{}' but its file {} is missing; \
+                 write the asset again or delete it",
+                partition.map(|p| format!(" partition '{p}'")).unwrap_or_default(),
+                self.name,
+                self.location(asset, partition)
+            )),
+            other => Error::storage(&self.name, format!("opening {path}"), other),
+        })?;
+        Ok(PinnedObject {
+            store: Arc::clone(&self.store),
+            meta,
+            target: self.name.clone(),
+            asset: asset.to_string(),
+        })
+    }
+}
+
+/// Opens the object store behind a root: a local path or a URL object_store understands.
+fn open_store(name: &str, root: &str) -> Result<(Arc<dyn ObjectStore>, String)> {
+    let local = match root.strip_prefix("file://") {
+        Some(path) => Some(std::path::PathBuf::from(path)),
+        None if !root.contains("://") => Some(std::path::PathBuf::from(root)),
+        None => None,
+    };
+    let Some(dir) = local else {
+        let url = url::Url::parse(root)
+            .map_err(|e| Error::config(format!("[targets.{name}] root {root:?}: {e}")))?;
+        let (store, prefix) = object_store::parse_url(&url)
+            .map_err(|e| Error::config(format!("[targets.{name}] root {root:?}: {e}")))?;
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix));
+        return Ok((store, root.trim_end_matches('/').to_string()));
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Error::config(format!(
+            "[targets.{name}] cannot create root directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let dir = dir.canonicalize().map_err(|e| {
+        Error::config(format!("[targets.{name}] root {}: {e}", dir.display()))
+    })?;
+    let store = LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| Error::config(format!("[targets.{name}] root {}: {e}", dir.display())))?;
+    Ok((Arc::new(store), format!("file://{}", dir.display())))
+}
+
+#[async_trait]
+impl Target for FileTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        self.format.kind()
+    }
+
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::Overwrite]
+    }
+
+    fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String {
+        format!("{}/{}", self.root_url, self.path(asset, partition))
+    }
+
+    async fn begin(&self, req: &WriteRequest, schema: SchemaRef) -> Result<Box<dyn AssetWriter>> {
+        self.format.check_schema(&schema).map_err(|reason| {
+            Error::invalid_data(format!(
+                "target '{}' ({}) cannot store asset '{}': {reason}",
+                self.name,
+                self.format.kind(),
+                req.asset
+            ))
+        })?;
+        let buffer = SharedBuffer::default();
+        let encoder = self.format.encoder(schema, buffer.clone(), &req.options)?;
+        let path = self.path(&req.asset, req.partition.as_ref());
+        let sink = BufWriter::with_capacity(Arc::clone(&self.store), path, UPLOAD_PART_BYTES)
+            .with_max_concurrency(UPLOAD_CONCURRENCY);
+        Ok(Box::new(FileWriter {
+            target: self.name.clone(),
+            location: self.location(&req.asset, req.partition.as_ref()),
+            encoder: Some(encoder),
+            buffer,
+            sink,
+            rows: 0,
+            bytes: 0,
+        }))
+    }
+
+    async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream> {
+        let mut objects = Vec::new();
+        match &req.partitions {
+            None => objects.push(self.pin(&req.asset, None).await?),
+            Some(partitions) => {
+                for p in partitions {
+                    objects.push(self.pin(&req.asset, Some(p)).await?);
+                }
+            }
+        }
+        let format = Arc::clone(&self.format);
+        let schema = Arc::clone(&req.schema);
+        let projection = req.projection.clone();
+        let stream = futures::stream::iter(objects)
+            .then(move |object| {
+                let format = Arc::clone(&format);
+                let schema = Arc::clone(&schema);
+                let projection = projection.clone();
+                async move { format.read(object, schema, projection).await }
+            })
+            .try_flatten();
+        Ok(Box::pin(stream))
+    }
+
+    async fn delete(&self, asset: &AssetKey, partitions: &[Partition]) -> Result<()> {
+        let paths: Vec<Path> = if partitions.is_empty() {
+            vec![self.path(asset, None)]
+        } else {
+            partitions.iter().map(|p| self.path(asset, Some(p))).collect()
+        };
+        for path in paths {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::storage(&self.name, format!("deleting {path}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        let probe = Path::from(".quiver-health");
+        self.store
+            .put(&probe, Bytes::from_static(b"ok").into())
+            .await
+            .map_err(|e| Error::storage(&self.name, "writing a health probe", e))?;
+        self.store
+            .delete(&probe)
+            .await
+            .map_err(|e| Error::storage(&self.name, "deleting a health probe", e))
+    }
+}
+
+/// Encodes batches on the blocking pool and streams the bytes into one upload.
+struct FileWriter {
+    target: String,
+    location: String,
+    /// `None` only while the encoder is away on the blocking pool.
+    encoder: Option<Box<dyn Encoder>>,
+    buffer: SharedBuffer,
+    sink: BufWriter,
+    rows: u64,
+    bytes: u64,
+}
+
+impl FileWriter {
+    async fn encode(
+        &mut self,
+        work: impl FnOnce(&mut dyn Encoder) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let mut encoder = self
+            .encoder
+            .take()
+            .ok_or_else(|| Error::internal("encoder used after a failed write"))?;
+        let (encoder, result) = tokio::task::spawn_blocking(move || {
+            let result = work(encoder.as_mut());
+            (encoder, result)
+        })
+        .await?;
+        self.encoder = Some(encoder);
+        result?;
+        let bytes = self.buffer.take();
+        if !bytes.is_empty() {
+            self.bytes += bytes.len() as u64;
+            self.sink
+                .put(Bytes::from(bytes))
+                .await
+                .map_err(|e| Error::storage(&self.target, format!("writing {}", self.location), e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AssetWriter for FileWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.encode(move |encoder| encoder.write(&batch)).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
+        self.encode(|encoder| encoder.finish()).await?;
+        self.sink
+            .shutdown()
+            .await
+            .map_err(|e| Error::storage(&self.target, format!("completing {}", self.location), e))?;
+        Ok(WriteSummary {
+            rows: self.rows,
+            bytes: self.bytes,
+            location: self.location.clone(),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.sink
+            .abort()
+            .await
+            .map_err(|e| Error::storage(&self.target, format!("aborting {}", self.location), e))
+    }
+}
+
+/// Names the first column whose type (at any depth) fails `supported`.
+pub(crate) fn find_unsupported(
+    schema: &Schema,
+    supported: impl Fn(&arrow_schema::DataType) -> bool,
+) -> Result<(), String> {
+    for field in schema.fields() {
+        if !supported(field.data_type()) {
+            return Err(format!(
+                "column '{}' has type {} which this format cannot hold exactly",
+                field.name(),
+                field.data_type()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses per-put options; the file formats take their settings from the target config.
+pub(crate) fn refuse_options(kind: &str, options: &Options, accepted: &[&str]) -> Result<()> {
+    if let Some(key) = options.keys().find(|k| !accepted.contains(&k.as_str())) {
+        return Err(Error::invalid_request(format!(
+            "option '{key}' is not understood by {kind} targets; accepted options: {}",
+            if accepted.is_empty() {
+                "none".to_string()
+            } else {
+                accepted.join(", ")
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes a stream of text bytes (NDJSON, CSV) with a push decoder, projecting each batch.
+pub(crate) fn decode_text_stream<D>(
+    mut bytes: futures::stream::BoxStream<'static, Result<Bytes>>,
+    mut decoder: D,
+    target: String,
+    finish: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + 'static,
+) -> SendableBatchStream
+where
+    D: TextDecoder + Send + 'static,
+{
+    let stream = async_stream_batches(move |tx| async move {
+        let mut buffered = Bytes::new();
+        loop {
+            if buffered.is_empty() {
+                match bytes.next().await {
+                    Some(Ok(b)) => buffered = b,
+                    Some(Err(e)) => return tx.send(Err(e)).await,
+                    None => break,
+                }
+            }
+            let consumed = match decoder.decode(&buffered) {
+                Ok(n) => n,
+                Err(e) => return tx.send(Err(Error::format(&target, "decode a stored file", e))).await,
+            };
+            buffered = buffered.slice(consumed..);
+            if !buffered.is_empty() {
+                match decoder.flush() {
+                    Ok(Some(batch)) => tx.send(finish(batch)).await?,
+                    Ok(None) => {}
+                    Err(e) => {
+                        return tx
+                            .send(Err(Error::format(&target, "decode a stored file", e)))
+                            .await;
+                    }
+                }
+            }
+        }
+        match decoder.flush() {
+            Ok(Some(batch)) => tx.send(finish(batch)).await,
+            Ok(None) => Ok(()),
+            Err(e) => tx.send(Err(Error::format(&target, "decode a stored file", e))).await,
+        }
+    });
+    Box::pin(stream)
+}
+
+/// The push decoders of arrow-json and arrow-csv, seen through one interface.
+pub(crate) trait TextDecoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow_schema::ArrowError>;
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow_schema::ArrowError>;
+}
+
+/// A minimal channel-backed stream generator, so decoding loops read top-down.
+pub(crate) fn async_stream_batches<F, Fut>(body: F) -> impl futures::Stream<Item = Result<RecordBatch>>
+where
+    F: FnOnce(Sender) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Closed>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let _ = body(Sender(tx)).await;
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The sending half given to [`async_stream_batches`] bodies.
+pub(crate) struct Sender(tokio::sync::mpsc::Sender<Result<RecordBatch>>);
+
+/// The reader went away; the producing task stops.
+pub(crate) struct Closed;
+
+impl Sender {
+    pub(crate) async fn send(&self, item: Result<RecordBatch>) -> Result<(), Closed> {
+        self.0.send(item).await.map_err(|_| Closed)
+    }
+}
+
+/// The schema a text decoder is asked for: top-level dictionary columns become their value
+/// type, since the JSON and CSV decoders cannot build dictionaries. [`restore_types`] casts
+/// them back.
+pub(crate) fn wire_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<arrow_schema::FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            arrow_schema::DataType::Dictionary(_, value) => {
+                Arc::new(f.as_ref().clone().with_data_type(value.as_ref().clone()))
+            }
+            _ => Arc::clone(f),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Casts a batch decoded with [`wire_schema`] back to the stored schema, then projects it.
+pub(crate) fn restore_types(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                arrow_cast::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = RecordBatch::try_new(Arc::clone(schema), columns)?;
+    match projection {
+        Some(indices) => batch.project(indices),
+        None => Ok(batch),
+    }
+}
+
+/// Whether every dictionary in `schema` sits at the top level with string values, the only
+/// dictionaries the text formats can restore.
+pub(crate) fn text_dictionary_ok(data_type: &arrow_schema::DataType, top_level: bool) -> bool {
+    use arrow_schema::DataType;
+    match data_type {
+        DataType::Dictionary(_, value) => {
+            top_level && matches!(value.as_ref(), DataType::Utf8 | DataType::LargeUtf8)
+        }
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            text_dictionary_ok(f.data_type(), false)
+        }
+        DataType::Struct(fields) => fields
+            .iter()
+            .all(|f| text_dictionary_ok(f.data_type(), false)),
+        DataType::Map(f, _) => text_dictionary_ok(f.data_type(), false),
+        _ => true,
+    }
+}

@@ -1,0 +1,135 @@
+//! Targets: where assets are stored. Each kind lives in its own module and plugs in through
+//! the [`Target`] / [`AssetWriter`] pair.
+//!
+//! The writer lifecycle mirrors object_store's multipart upload: [`Target::begin`], any number
+//! of [`AssetWriter::write`]s, then exactly one of [`AssetWriter::commit`] (the only point at
+//! which a reader can see the new data) or [`AssetWriter::abort`]. A writer that is dropped
+//! without either leaves nothing visible.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::asset::{AssetKey, Partition};
+use crate::config::TargetConfig;
+use crate::error::{Error, Result};
+use crate::protocol::{Mode, Options};
+
+/// A stream of record batches read from a target.
+pub type SendableBatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>;
+
+/// What a writer is asked to store.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub asset: AssetKey,
+    pub mode: Mode,
+    pub partition: Option<Partition>,
+    pub partition_column: Option<String>,
+    pub key: Vec<String>,
+    pub options: Options,
+}
+
+/// What a committed write stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteSummary {
+    pub rows: u64,
+    /// Bytes the target stored (file size, table growth, ...).
+    pub bytes: u64,
+    /// Where the data lives, e.g. `file:///data/parquet/sales/daily.parquet`.
+    pub location: String,
+}
+
+/// What a reader is asked for.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    pub asset: AssetKey,
+    /// The schema the catalog recorded at the last commit.
+    pub schema: SchemaRef,
+    /// `None` for an unpartitioned asset; otherwise the partitions to read, in order.
+    pub partitions: Option<Vec<Partition>>,
+    /// Column indices into `schema`; `None` reads every column.
+    pub projection: Option<Vec<usize>>,
+}
+
+#[async_trait]
+pub trait Target: Send + Sync + 'static {
+    /// The configured name, e.g. `parquet` or `warehouse`.
+    fn name(&self) -> &str;
+    /// The kind, e.g. `parquet`.
+    fn kind(&self) -> &'static str;
+    /// Modes this target can write.
+    fn modes(&self) -> &'static [Mode];
+    /// Where an asset (or one partition of it) is stored, for display.
+    fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String;
+    /// Starts a write. Fails before any data moves if the schema or request cannot be stored.
+    async fn begin(&self, req: &WriteRequest, schema: SchemaRef) -> Result<Box<dyn AssetWriter>>;
+    /// Opens a committed asset for reading. Implementations pin the version they open here,
+    /// so a commit that lands while the stream is consumed cannot mix two versions.
+    async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream>;
+    /// Removes an asset (every partition) or one partition of it.
+    async fn delete(&self, asset: &AssetKey, partitions: &[Partition]) -> Result<()>;
+    /// Checks that the storage behind the target is reachable.
+    async fn healthcheck(&self) -> Result<()>;
+}
+
+#[async_trait]
+pub trait AssetWriter: Send {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Makes everything written visible at once; the only point of visibility.
+    async fn commit(self: Box<Self>) -> Result<WriteSummary>;
+    /// Discards everything written; the previous version stays as it was.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// The configured targets, by name.
+#[derive(Clone, Default)]
+pub struct Targets {
+    by_name: BTreeMap<String, Arc<dyn Target>>,
+}
+
+impl Targets {
+    /// Builds every configured target. Nothing is written until the first put.
+    pub fn from_config(configs: &BTreeMap<String, TargetConfig>) -> Result<Self> {
+        let mut by_name: BTreeMap<String, Arc<dyn Target>> = BTreeMap::new();
+        for (name, config) in configs {
+            let target: Arc<dyn Target> = match config {
+                TargetConfig::Parquet(c) => Arc::new(file::FileTarget::parquet(name, c)?),
+                TargetConfig::Json(c) => Arc::new(file::FileTarget::json(name, c)?),
+                TargetConfig::Csv(c) => Arc::new(file::FileTarget::csv(name, c)?),
+                TargetConfig::Arrow(c) => Arc::new(file::FileTarget::arrow(name, c)?),
+            };
+            by_name.insert(name.clone(), target);
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn Target>> {
+        self.by_name.get(name).ok_or_else(|| Error::UnknownTarget {
+            target: name.to_string(),
+            available: self.names(),
+        })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Target>> {
+        self.by_name.values()
+    }
+
+    /// Names of the targets that can write `mode`, for error messages.
+    pub fn supporting(&self, mode: Mode) -> Vec<String> {
+        self.iter()
+            .filter(|t| t.modes().contains(&mode))
+            .map(|t| t.name().to_string())
+            .collect()
+    }
+}

@@ -1,0 +1,85 @@
+"""Starts the real quiver binary for the pytest suite."""
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.flight as fl
+import pytest
+
+
+def _binary() -> str:
+    explicit = os.environ.get("QUIVER_BIN")
+    if explicit:
+        return explicit
+    target_dir = os.environ.get("CARGO_TARGET_DIR", str(Path(__file__).resolve().parents[2] / "target"))
+    return str(Path(target_dir) / "debug" / "quiver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A quiver process listening on 127.0.0.1 with its data under `cwd/data`."""
+
+    def __init__(self, cwd: Path, args=(), env=None):
+        binary = _binary()
+        if not os.path.exists(binary):
+            raise RuntimeError(f"quiver binary not found at {binary}; run `cargo build` or set QUIVER_BIN")
+        self.port = _free_port()
+        self.cwd = cwd
+        self.log = open(cwd / "quiver.log", "wb")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", *args],
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self._wait_ready()
+
+    @property
+    def uri(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"quiver exited with {self.proc.returncode}: {self.logs()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"quiver did not start listening: {self.logs()}")
+
+    def logs(self) -> str:
+        self.log.flush()
+        return (self.cwd / "quiver.log").read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    c = fl.connect(server.uri)
+    yield c
+    c.close()

@@ -1,0 +1,225 @@
+"""Quiver through a real pyarrow Flight client, as a user would call it."""
+
+import datetime as dt
+import decimal
+import json
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.feather as feather
+import pyarrow.flight as fl
+import pyarrow.parquet as pq
+import pytest
+
+FILE_TARGETS = ["parquet", "json", "csv", "arrow"]
+NESTED = {"list", "struct"}
+
+
+def put(client, descriptor, table, chunk=None):
+    writer, reader = client.do_put(descriptor, table.schema)
+    writer.write_table(table, max_chunksize=chunk)
+    writer.done_writing()
+    meta = reader.read()
+    writer.close()
+    return json.loads(meta.to_pybytes())
+
+
+def cmd(**fields):
+    return fl.FlightDescriptor.for_command(json.dumps(fields))
+
+
+def get(client, **ticket):
+    return client.do_get(fl.Ticket(json.dumps(ticket))).read_all()
+
+
+def typed_table(exclude=()):
+    columns = {
+        "i8": pa.array([-128, None, 127], pa.int8()),
+        "i16": pa.array([-32768, None, 32767], pa.int16()),
+        "i32": pa.array([-(2**31), None, 2**31 - 1], pa.int32()),
+        "i64": pa.array([-(2**63), None, 2**63 - 1], pa.int64()),
+        "u8": pa.array([0, None, 255], pa.uint8()),
+        "u16": pa.array([0, None, 65535], pa.uint16()),
+        "u32": pa.array([0, None, 2**32 - 1], pa.uint32()),
+        "u64": pa.array([0, None, 2**64 - 1], pa.uint64()),
+        "f32": pa.array([1.5, None, -0.25], pa.float32()),
+        "f64": pa.array([0.1, None, 1e308], pa.float64()),
+        "bool": pa.array([True, None, False]),
+        "utf8": pa.array(["ünïcødé ✓", None, ""]),
+        "large_utf8": pa.array(["a", None, "b,c"], pa.large_string()),
+        "binary": pa.array([b"\x00\x01", None, b""], pa.binary()),
+        "date32": pa.array([dt.date(1970, 1, 1), None, dt.date(2262, 4, 11)], pa.date32()),
+        "ts_s": pa.array([0, None, 1_700_000_000], pa.timestamp("s")),
+        "ts_ms": pa.array([0, None, 1_700_000_000_123], pa.timestamp("ms")),
+        "ts_us": pa.array([0, None, 1_700_000_000_123_456], pa.timestamp("us")),
+        "ts_ns": pa.array([0, None, 1_700_000_000_123_456_789], pa.timestamp("ns")),
+        "ts_tz": pa.array([0, None, 1_700_000_000_123_456], pa.timestamp("us", tz="Europe/Paris")),
+        "ts_utc": pa.array([0, None, 1_700_000_000_123_456_789], pa.timestamp("ns", tz="UTC")),
+        "time64": pa.array([0, None, 86_399_999_999], pa.time64("us")),
+        "decimal": pa.array(
+            [decimal.Decimal("12345678901234567890.1234567891"), None, decimal.Decimal("-0.0000000001")],
+            pa.decimal128(38, 10),
+        ),
+        "list": pa.array([[1, 2], None, []], pa.list_(pa.int32())),
+        "struct": pa.array([{"a": 1, "b": "x"}, None, {"a": None, "b": "z"}], pa.struct([("a", pa.int64()), ("b", pa.string())])),
+        "dict": pa.array(["red", None, "red"]).dictionary_encode(),
+    }
+    return pa.table({k: v for k, v in columns.items() if k not in exclude})
+
+
+@pytest.mark.parametrize("target", FILE_TARGETS)
+def test_readme_round_trip(client, target):
+    """The README's first example, for every file target."""
+    exclude = NESTED | {"binary"} if target == "csv" else set()
+    t = typed_table(exclude)
+    descriptor = fl.FlightDescriptor.for_path(target, "sales", "daily")
+    meta = put(client, descriptor, t, chunk=2)
+    assert meta["asset"] == "sales/daily"
+    assert meta["target"] == target
+    assert meta["rows"] == 3
+    assert meta["version"] == 1
+    assert meta["bytes"] > 0
+    assert meta["location"].endswith(f"/data/{target}/sales/daily.{target}")
+    assert isinstance(meta["duration_ms"], int)
+    info = client.get_flight_info(descriptor)
+    assert info.total_records == 3
+    assert info.schema.equals(t.schema, check_metadata=True)
+    got = client.do_get(info.endpoints[0].ticket).read_all()
+    assert got.schema.equals(t.schema)
+    assert got.combine_chunks().equals(t.combine_chunks())
+
+
+def test_csv_refuses_nested_columns_by_name(client):
+    t = typed_table()
+    with pytest.raises(pa.ArrowInvalid, match="column 'binary'"):
+        put(client, fl.FlightDescriptor.for_path("csv", "nested"), t)
+    with pytest.raises(pa.ArrowInvalid, match="column 'list'.*nested"):
+        put(client, fl.FlightDescriptor.for_path("csv", "nested"), t.select(["i8", "list"]))
+
+
+def test_files_follow_dagster_layout_and_open_with_pyarrow(client, server):
+    t = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", None, "c"]})
+    for target in FILE_TARGETS:
+        put(client, fl.FlightDescriptor.for_path(target, "warehouse", "users"), t)
+    root = server.cwd / "data"
+    assert pq.read_table(root / "parquet/warehouse/users.parquet").equals(t)
+    assert feather.read_table(root / "arrow/warehouse/users.arrow").equals(t)
+    csv = pcsv.read_csv(
+        root / "csv/warehouse/users.csv",
+        convert_options=pcsv.ConvertOptions(null_values=["\\N"], column_types=t.schema),
+    )
+    assert csv.equals(t)
+    lines = (root / "json/warehouse/users.json").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"id": 1, "name": "a"}, {"id": 2}, {"id": 3, "name": "c"}]
+
+
+def test_streamed_put_of_many_batches(client):
+    n = 1_000_000
+    t = pa.table({"id": pa.array(range(n), pa.int64()), "v": pa.array([i * 0.5 for i in range(n)])})
+    reader = pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=10_000))
+    writer, meta_reader = client.do_put(fl.FlightDescriptor.for_path("parquet", "big"), reader.schema)
+    for batch in reader:
+        writer.write_batch(batch)
+    writer.done_writing()
+    meta = json.loads(meta_reader.read().to_pybytes())
+    writer.close()
+    assert meta["rows"] == n
+    got = get(client, target="parquet", asset="big")
+    assert got.num_rows == n
+    assert got.column("id").to_pylist()[-3:] == [n - 3, n - 2, n - 1]
+    assert got.equals(t)
+
+
+def test_partitions_and_projection(client):
+    for day, rows in [("2024-01-01", 2), ("2024-01-02", 3)]:
+        t = pa.table({"day": [day] * rows, "n": list(range(rows))})
+        meta = put(client, cmd(target="parquet", asset="events", partition=day), t)
+        assert meta["partition"] == day
+    assert get(client, target="parquet", asset="events").num_rows == 5
+    one = get(client, target="parquet", asset="events", partition="2024-01-02", columns=["n"])
+    assert one.column_names == ["n"]
+    assert one.column("n").to_pylist() == [0, 1, 2]
+    both = get(client, asset="events", partition=["2024-01-01", "2024-01-02"])
+    assert both.num_rows == 5
+    info = client.get_flight_info(cmd(target="parquet", asset="events", partition="2024-01-01"))
+    assert info.total_records == 2
+    meta = json.loads(info.app_metadata)
+    assert [p["partition"] for p in meta["partitions"]] == ["2024-01-01", "2024-01-02"]
+
+
+def test_catalog_and_actions(client):
+    t = pa.table({"x": [1, 2]})
+    put(client, fl.FlightDescriptor.for_path("json", "a", "one"), t)
+    put(client, fl.FlightDescriptor.for_path("arrow", "b", "two"), t)
+    flights = list(client.list_flights())
+    assert sorted(f.descriptor.path for f in flights) == [[b"arrow", b"b", b"two"], [b"json", b"a", b"one"]]
+    only = list(client.list_flights(json.dumps({"target": "json"}).encode()))
+    assert [f.total_records for f in only] == [2]
+    assert client.get_schema(fl.FlightDescriptor.for_path("json", "a", "one")).schema.equals(t.schema)
+
+    actions = {a.type for a in client.list_actions()}
+    assert actions == {"delete", "describe", "list-targets", "health"}
+    targets = json.loads(next(client.do_action(fl.Action("list-targets", b""))).body.to_pybytes())
+    assert {t["name"] for t in targets} == set(FILE_TARGETS)
+    health = json.loads(next(client.do_action(fl.Action("health", b""))).body.to_pybytes())
+    assert health["status"] == "ok"
+    described = json.loads(
+        next(client.do_action(fl.Action("describe", json.dumps({"target": "json", "asset": "a/one"}).encode()))).body.to_pybytes()
+    )
+    assert described["rows"] == 2 and described["history"][0]["version"] == 1
+    list(client.do_action(fl.Action("delete", json.dumps({"target": "json", "asset": "a/one"}).encode())))
+    assert [f.descriptor.path for f in client.list_flights()] == [[b"arrow", b"b", b"two"]]
+
+
+def test_errors_carry_the_right_status(client):
+    t = pa.table({"x": [1]})
+    with pytest.raises(pa.ArrowInvalid, match="asset key"):
+        put(client, fl.FlightDescriptor.for_path("parquet", "..", "etc"), t)
+    with pytest.raises(pa.ArrowKeyError, match="unknown target 'nope'"):
+        put(client, fl.FlightDescriptor.for_path("nope", "x"), t)
+    with pytest.raises(fl.FlightServerError, match="does not support mode 'append'"):
+        put(client, cmd(target="parquet", asset="x", mode="append"), t)
+    with pytest.raises(pa.ArrowKeyError, match="not found"):
+        get(client, target="parquet", asset="missing")
+    with pytest.raises(pa.ArrowInvalid, match="not valid"):
+        client.do_get(fl.Ticket(b"{oops")).read_all()
+
+
+def test_idempotent_retry_returns_the_first_result(client):
+    first = put(client, cmd(target="arrow", asset="job", idempotency_key="run-7"), pa.table({"x": [1, 2]}))
+    again = put(client, cmd(target="arrow", asset="job", idempotency_key="run-7"), pa.table({"x": [9]}))
+    assert again["replayed"] is True
+    assert again["version"] == first["version"]
+    assert get(client, target="arrow", asset="job").column("x").to_pylist() == [1, 2]
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    from conftest import Server
+
+    srv = Server(tmp_path)
+    c = fl.connect(srv.uri)
+    put(c, fl.FlightDescriptor.for_path("parquet", "kept"), pa.table({"x": [1]}))
+    c.close()
+    assert srv.stop() == 0
+    assert "shutting down" in srv.logs()
+    # A restart sees the committed asset.
+    again = Server(tmp_path)
+    c = fl.connect(again.uri)
+    assert get(c, target="parquet", asset="kept").column("x").to_pylist() == [1]
+    c.close()
+    again.stop()
+
+
+def test_config_file_and_strict_validation(tmp_path):
+    from conftest import Server
+
+    (tmp_path / "quiver.toml").write_text('[targets.lake]\nkind = "parquet"\ncompression = "snappy"\n')
+    srv = Server(tmp_path, args=["--config", "quiver.toml"])
+    c = fl.connect(srv.uri)
+    meta = put(c, fl.FlightDescriptor.for_path("lake", "t"), pa.table({"x": [1]}))
+    assert meta["location"].endswith("/data/lake/t.parquet")
+    c.close()
+    srv.stop()
+    (tmp_path / "bad.toml").write_text('[targets.lake]\nkind = "parquet"\ncompresion = "snappy"\n')
+    with pytest.raises(RuntimeError, match="unknown field `compresion`"):
+        Server(tmp_path, args=["--config", "bad.toml"])
