@@ -18,6 +18,7 @@ use arrow_flight::{
     SchemaResult, Ticket,
 };
 use arrow_ipc::writer::IpcWriteOptions;
+use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -316,7 +317,7 @@ impl Inner {
             ),
             None => Arc::clone(&record.schema),
         };
-        let stream = target
+        let batches = target
             .read(&ReadRequest {
                 asset: ticket.asset.clone(),
                 schema: Arc::clone(&record.schema),
@@ -324,7 +325,16 @@ impl Inner {
                 projection,
             })
             .await?;
-        Ok((schema, stream))
+        // Batches carry exactly the recorded schema, metadata included, whatever the reader
+        // attached to them.
+        let exact = Arc::clone(&schema);
+        let stream = batches.map(move |batch| {
+            let batch = batch?;
+            RecordBatch::try_new(Arc::clone(&exact), batch.columns().to_vec()).map_err(|e| {
+                Error::internal(format!("a stored batch does not match the catalog schema: {e}"))
+            })
+        });
+        Ok((schema, Box::pin(stream)))
     }
 
     async fn record(&self, target: &str, asset: &AssetKey) -> Result<AssetRecord> {

@@ -197,3 +197,26 @@ pub fn values(batch: &RecordBatch) -> Vec<arrow_array::ArrayRef> {
         })
         .collect()
 }
+
+/// A TCP relay to `upstream`; aborting the returned task cuts the connection like a killed
+/// client process would.
+pub async fn relay(upstream: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut inbound, _) = listener.accept().await.unwrap();
+        let mut outbound = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    });
+    (addr, task)
+}
+
+/// A Flight client connected through `addr`.
+pub async fn client_at(addr: SocketAddr) -> FlightClient {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    FlightClient::new(channel)
+}

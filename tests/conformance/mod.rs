@@ -10,10 +10,11 @@ use arrow_array::builder::{ListBuilder, StringDictionaryBuilder};
 use arrow_array::types::Int32Type;
 use arrow_array::*;
 use arrow_flight::FlightClient;
-use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::FlightData;
+use arrow_flight::error::FlightError;
 use arrow_schema::{DataType, Field, Fields, Schema};
-use futures::{SinkExt, StreamExt, TryStreamExt};
+use futures::{SinkExt, TryStreamExt};
 use serde_json::json;
 use tonic::Code;
 
@@ -276,19 +277,25 @@ async fn client_cancel_leaves_nothing(server: &TestServer, p: &Profile) {
     put_numbered(&mut client, p.target, asset, 1, 5).await;
     let before = server.files();
     {
-        // A separate connection, dropped half-way through the put.
-        let mut doomed = server.client().await;
+        // A client whose connection dies half-way through the put.
+        let (relay_addr, relay_task) = relay(server.addr).await;
+        let mut doomed = client_at(relay_addr).await;
         let (mut tx, rx) = futures::channel::mpsc::channel(4);
         let batch = numbered(2, 1000);
         let encoded = FlightDataEncoderBuilder::new()
             .with_flight_descriptor(Some(cmd(json!({"target": p.target, "asset": asset}))))
             .build(rx);
-        let call = tokio::spawn(async move { doomed.do_put(encoded).await.map(|_| ()) });
+        let call = tokio::spawn(async move {
+            let results: Vec<_> = doomed.do_put(encoded).await?.try_collect().await?;
+            Ok::<_, FlightError>(results)
+        });
         tx.send(Ok(batch.clone())).await.unwrap();
         tx.send(Ok(batch)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        call.abort();
-        let _ = call.await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay_task.abort();
+        let _ = relay_task.await;
+        assert!(call.await.unwrap().is_err(), "{}: a cut put must not succeed", p.target);
+        drop(tx);
     }
     // The server notices the reset stream and aborts; give it a moment.
     for _ in 0..50 {

@@ -15,8 +15,10 @@ use crate::error::{Error, Result};
 use crate::protocol::Options;
 use crate::targets::SendableBatchStream;
 
-/// `ARROW1` plus padding at the start of an IPC file.
-const HEADER_LEN: u64 = 8;
+/// `ARROW1` at the start of an IPC file; zero padding follows up to the first message.
+const MAGIC_LEN: u64 = 6;
+/// How far into the file the first message may start (writers pad to at most 64 bytes).
+const MAX_HEADER_LEN: u64 = 64;
 /// Footer length (i32) plus `ARROW1` at the end of an IPC file.
 const TRAILER_LEN: u64 = 10;
 
@@ -85,18 +87,21 @@ impl Format for ArrowFormat {
         // lets a streaming decoder consume the file front to back in bounded memory.
         let target = object.target.clone();
         let size = object.size();
-        if size < HEADER_LEN + TRAILER_LEN {
-            return Err(Error::format(&target, "read an Arrow IPC file", "file is truncated"));
+        let bad = |what: &str| Error::format(&target, "read an Arrow IPC file", what.to_string());
+        if size < MAGIC_LEN + TRAILER_LEN {
+            return Err(bad("the file is truncated"));
         }
+        let head = object.bytes(0..size.min(MAX_HEADER_LEN)).await?;
+        let padding = head[MAGIC_LEN as usize..].iter().take_while(|b| **b == 0).count() as u64;
+        let start = MAGIC_LEN + padding;
         let trailer = object.bytes(size - TRAILER_LEN..size).await?;
         let footer_len = i32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
-        let footer_len = u64::try_from(footer_len)
+        let end = u64::try_from(footer_len)
             .ok()
-            .filter(|len| HEADER_LEN + TRAILER_LEN + len <= size)
-            .ok_or_else(|| Error::format(&target, "read an Arrow IPC file", "bad footer length"))?;
-        let mut bytes = object
-            .stream(Some(HEADER_LEN..size - TRAILER_LEN - footer_len))
-            .await?;
+            .and_then(|len| size.checked_sub(TRAILER_LEN + len))
+            .filter(|end| *end >= start)
+            .ok_or_else(|| bad("the footer length is out of range"))?;
+        let mut bytes = object.stream(Some(start..end)).await?;
         let stream = async_stream_batches(move |tx| async move {
             let fail = |e| Err(Error::format(&target, "read an Arrow IPC file", e));
             let mut decoder = StreamDecoder::new();

@@ -77,7 +77,7 @@ impl Format for CsvFormat {
     ) -> Result<SendableBatchStream> {
         let target = object.target.clone();
         let null = regex::Regex::new(r"^\\N$").expect("a valid regex");
-        let decoder = arrow_csv::ReaderBuilder::new(wire_schema(&schema))
+        let decoder = arrow_csv::ReaderBuilder::new(wire_schema(&schema, wire_type))
             .with_header(true)
             .with_null_regex(null)
             .with_batch_size(READ_BATCH_ROWS)
@@ -93,6 +93,15 @@ impl Format for CsvFormat {
                     .map_err(|e| Error::format(&finish_target, "read a CSV file", e))
             },
         ))
+    }
+}
+
+/// What arrow-csv decodes in place of types it cannot build.
+fn wire_type(data_type: &DataType) -> Option<DataType> {
+    match data_type {
+        DataType::LargeUtf8 => Some(DataType::Utf8),
+        DataType::Dictionary(_, value) => Some(wire_type(value).unwrap_or(value.as_ref().clone())),
+        _ => None,
     }
 }
 

@@ -54,7 +54,7 @@ impl Format for JsonFormat {
         projection: Option<Vec<usize>>,
     ) -> Result<SendableBatchStream> {
         let target = object.target.clone();
-        let decoder = arrow_json::ReaderBuilder::new(wire_schema(&schema))
+        let decoder = arrow_json::ReaderBuilder::new(wire_schema(&schema, wire_type))
             .with_batch_size(READ_BATCH_ROWS)
             .build_decoder()
             .map_err(|e| Error::format(&target, "read an NDJSON file", e))?;
@@ -69,6 +69,14 @@ impl Format for JsonFormat {
                     .map_err(|e| Error::format(&finish_target, "read an NDJSON file", e))
             },
         ))
+    }
+}
+
+/// What arrow-json decodes in place of types it cannot build.
+fn wire_type(data_type: &DataType) -> Option<DataType> {
+    match data_type {
+        DataType::Dictionary(_, value) => Some(value.as_ref().clone()),
+        _ => None,
     }
 }
 

@@ -541,18 +541,19 @@ impl Sender {
     }
 }
 
-/// The schema a text decoder is asked for: top-level dictionary columns become their value
-/// type, since the JSON and CSV decoders cannot build dictionaries. [`restore_types`] casts
-/// them back.
-pub(crate) fn wire_schema(schema: &Schema) -> SchemaRef {
+/// The schema a text decoder is asked for: each column's type passes through `wire`, which
+/// names a type the decoder can build (say `Utf8` for a dictionary of strings).
+/// [`restore_types`] casts the decoded columns back.
+pub(crate) fn wire_schema(
+    schema: &Schema,
+    wire: impl Fn(&arrow_schema::DataType) -> Option<arrow_schema::DataType>,
+) -> SchemaRef {
     let fields: Vec<arrow_schema::FieldRef> = schema
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            arrow_schema::DataType::Dictionary(_, value) => {
-                Arc::new(f.as_ref().clone().with_data_type(value.as_ref().clone()))
-            }
-            _ => Arc::clone(f),
+        .map(|f| match wire(f.data_type()) {
+            Some(t) => Arc::new(f.as_ref().clone().with_data_type(t)),
+            None => Arc::clone(f),
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
