@@ -50,7 +50,13 @@ impl AssetKey {
             )));
         }
         for segment in &segments {
-            check_segment("asset key", &joined, segment, is_asset_char, "[A-Za-z0-9_.-]")?;
+            check_segment(
+                "asset key",
+                &joined,
+                segment,
+                is_asset_char,
+                "[A-Za-z0-9_.-]",
+            )?;
         }
         Ok(Self { segments })
     }
@@ -297,8 +303,6 @@ mod tests {
             assert!(Partition::single(bad).is_err(), "{bad:?}");
         }
         assert!(Partition::multi(BTreeMap::new()).is_err());
-        assert!(
-            Partition::multi(BTreeMap::from([("d".to_string(), "../x".to_string())])).is_err()
-        );
+        assert!(Partition::multi(BTreeMap::from([("d".to_string(), "../x".to_string())])).is_err());
     }
 }

@@ -9,7 +9,11 @@ use crate::config::Config;
 use crate::error::Result;
 
 #[derive(Debug, Parser)]
-#[command(name = "quiver", version, about = "Arrow Flight service for storing and serving data assets")]
+#[command(
+    name = "quiver",
+    version,
+    about = "Arrow Flight service for storing and serving data assets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

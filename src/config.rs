@@ -206,7 +206,10 @@ impl Config {
                     "parquet".to_string(),
                     TargetConfig::Parquet(ParquetConfig::default()),
                 ),
-                ("json".to_string(), TargetConfig::Json(FileConfig::default())),
+                (
+                    "json".to_string(),
+                    TargetConfig::Json(FileConfig::default()),
+                ),
                 ("csv".to_string(), TargetConfig::Csv(FileConfig::default())),
                 (
                     "arrow".to_string(),

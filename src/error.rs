@@ -52,7 +52,9 @@ pub enum Error {
     InvalidData { message: String },
 
     /// The asset changed while it was being read; the read can simply be retried.
-    #[error("asset '{asset}' in target '{target}' was overwritten while it was being read; retry the read")]
+    #[error(
+        "asset '{asset}' in target '{target}' was overwritten while it was being read; retry the read"
+    )]
     ReadConflict { target: String, asset: String },
 
     /// The client went away or cancelled before the put finished.

@@ -233,9 +233,14 @@ pub fn parse_descriptor(descriptor: &FlightDescriptor) -> Result<AssetCommand> {
 pub fn parse_command(cmd: &[u8]) -> Result<AssetCommand> {
     if cmd.first() == Some(&b'{') {
         let json: JsonCommand = serde_json::from_slice(cmd).map_err(|e| {
-            Error::invalid_request(format!("the descriptor command is not valid: {e}; {COMMAND_HELP}"))
+            Error::invalid_request(format!(
+                "the descriptor command is not valid: {e}; {COMMAND_HELP}"
+            ))
         })?;
-        let partition = json.partition.map(JsonPartition::into_partition).transpose()?;
+        let partition = json
+            .partition
+            .map(JsonPartition::into_partition)
+            .transpose()?;
         return finish_command(AssetCommand {
             target: check_target_name(&json.target)?,
             asset: json.asset.into_key()?,
@@ -286,20 +291,20 @@ fn finish_command(cmd: AssetCommand) -> Result<AssetCommand> {
             cmd.asset
         )));
     }
-    if let Some(column) = &cmd.partition_column {
-        if cmd.partition.is_none() {
-            return Err(Error::invalid_request(format!(
-                "\"partition_column\" '{column}' is set but no \"partition\" is given for asset '{}'",
-                cmd.asset
-            )));
-        }
+    if let Some(column) = &cmd.partition_column
+        && cmd.partition.is_none()
+    {
+        return Err(Error::invalid_request(format!(
+            "\"partition_column\" '{column}' is set but no \"partition\" is given for asset '{}'",
+            cmd.asset
+        )));
     }
-    if let Some(key) = &cmd.idempotency_key {
-        if key.is_empty() || key.len() > 256 {
-            return Err(Error::invalid_request(
-                "\"idempotency_key\" must be between 1 and 256 bytes long",
-            ));
-        }
+    if let Some(key) = &cmd.idempotency_key
+        && (key.is_empty() || key.len() > 256)
+    {
+        return Err(Error::invalid_request(
+            "\"idempotency_key\" must be between 1 and 256 bytes long",
+        ));
     }
     Ok(cmd)
 }
@@ -447,7 +452,10 @@ pub fn parse_asset_action(action: &str, body: &[u8]) -> Result<AssetAction> {
     Ok(AssetAction {
         target: check_target_name(&json.target)?,
         asset: json.asset.into_key()?,
-        partition: json.partition.map(JsonPartition::into_partition).transpose()?,
+        partition: json
+            .partition
+            .map(JsonPartition::into_partition)
+            .transpose()?,
     })
 }
 
@@ -499,10 +507,22 @@ mod tests {
         let cases: [(&[u8], &str); 6] = [
             (b"{not json", "not valid"),
             (br#"{"target": "parquet"}"#, "missing field `asset`"),
-            (br#"{"target": "parquet", "asset": "a", "colour": 1}"#, "unknown field `colour`"),
-            (br#"{"target": "parquet", "asset": "a", "mode": "merge"}"#, "unknown variant `merge`"),
-            (br#"{"target": "parquet", "asset": "a", "mode": "upsert"}"#, "needs \"key\""),
-            (br#"{"target": "parquet", "asset": "../etc"}"#, "starting with '.'"),
+            (
+                br#"{"target": "parquet", "asset": "a", "colour": 1}"#,
+                "unknown field `colour`",
+            ),
+            (
+                br#"{"target": "parquet", "asset": "a", "mode": "merge"}"#,
+                "unknown variant `merge`",
+            ),
+            (
+                br#"{"target": "parquet", "asset": "a", "mode": "upsert"}"#,
+                "needs \"key\"",
+            ),
+            (
+                br#"{"target": "parquet", "asset": "../etc"}"#,
+                "starting with '.'",
+            ),
         ];
         for (body, expected) in cases {
             let err = parse_command(body).unwrap_err();
@@ -510,7 +530,10 @@ mod tests {
             assert!(err.to_string().contains(expected), "{err}");
         }
         let err = parse_command(&[0xff, 0x01, 0x02]).unwrap_err();
-        assert!(err.to_string().contains("neither JSON nor a protobuf"), "{err}");
+        assert!(
+            err.to_string().contains("neither JSON nor a protobuf"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,17 +8,16 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arrow_array::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint,
-    FlightInfo, HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc,
-    SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use arrow_ipc::writer::IpcWriteOptions;
-use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -167,12 +166,12 @@ impl Inner {
 
         let lock = self.locks.get(&cmd.target, &cmd.asset);
         let _put = lock.put.lock().await;
-        if let Some(key) = &cmd.idempotency_key {
-            if let Some(previous) = self.catalog.replay(&cmd.target, &cmd.asset, key).await? {
-                drain(&mut decoder).await?;
-                info!(version = previous.version, "replayed an idempotent put");
-                return Ok(previous);
-            }
+        if let Some(key) = &cmd.idempotency_key
+            && let Some(previous) = self.catalog.replay(&cmd.target, &cmd.asset, key).await?
+        {
+            drain(&mut decoder).await?;
+            info!(version = previous.version, "replayed an idempotent put");
+            return Ok(previous);
         }
         let existing = self.catalog.get(&cmd.target, &cmd.asset).await?;
         self.check_against_existing(&cmd, &schema, existing.as_ref())
@@ -214,7 +213,12 @@ impl Inner {
             })
             .await?;
         Span::current().record("rows", written.rows);
-        info!(version, rows = written.rows, bytes = written.bytes, "put committed");
+        info!(
+            version,
+            rows = written.rows,
+            bytes = written.bytes,
+            "put committed"
+        );
         Ok(PutSummary {
             asset: cmd.asset.to_string(),
             target: cmd.target,
@@ -273,7 +277,8 @@ impl Inner {
             let other_name = other.asset.to_string();
             let inside_partitioned =
                 other.layout.is_partitioned() && name.starts_with(&format!("{other_name}/"));
-            let holds_others = layout.is_partitioned() && other_name.starts_with(&format!("{name}/"));
+            let holds_others =
+                layout.is_partitioned() && other_name.starts_with(&format!("{name}/"));
             if inside_partitioned || holds_others {
                 return Err(Error::failed_precondition(format!(
                     "asset '{name}' would share storage with asset '{other_name}' in target '{}' \
@@ -287,21 +292,23 @@ impl Inner {
 
     /// Opens an asset for DoGet.
     async fn open(&self, ticket: AssetTicket) -> Result<(SchemaRef, SendableBatchStream)> {
-        let target_name = self.resolve_target(ticket.target.as_deref(), &ticket.asset).await?;
+        let target_name = self
+            .resolve_target(ticket.target.as_deref(), &ticket.asset)
+            .await?;
         Span::current().record("target", target_name.as_str());
         Span::current().record("asset", ticket.asset.to_string());
         let target = Arc::clone(self.targets.get(&target_name)?);
         let lock = self.locks.get(&target_name, &ticket.asset);
         let _visible = lock.visible.read().await;
         let record = self.record(&target_name, &ticket.asset).await?;
-        if let Some(version) = ticket.version {
-            if version != record.version {
-                return Err(Error::failed_precondition(format!(
-                    "the ticket is for version {version} of asset '{}' in target '{target_name}', \
-                     but the current version is {}; get a new ticket with GetFlightInfo",
-                    ticket.asset, record.version
-                )));
-            }
+        if let Some(version) = ticket.version
+            && version != record.version
+        {
+            return Err(Error::failed_precondition(format!(
+                "the ticket is for version {version} of asset '{}' in target '{target_name}', \
+                 but the current version is {}; get a new ticket with GetFlightInfo",
+                ticket.asset, record.version
+            )));
         }
         let partitions = select_partitions(&record, &ticket.partitions)?;
         let projection = match &ticket.columns {
@@ -331,7 +338,9 @@ impl Inner {
         let stream = batches.map(move |batch| {
             let batch = batch?;
             RecordBatch::try_new(Arc::clone(&exact), batch.columns().to_vec()).map_err(|e| {
-                Error::internal(format!("a stored batch does not match the catalog schema: {e}"))
+                Error::internal(format!(
+                    "a stored batch does not match the catalog schema: {e}"
+                ))
             })
         });
         Ok((schema, Box::pin(stream)))
@@ -418,7 +427,11 @@ impl Inner {
         let _visible = lock.visible.write().await;
         let record = self.record(&action.target, &action.asset).await?;
         let partitions: Vec<Partition> = match &action.partition {
-            None => record.partitions.iter().map(|p| p.partition.clone()).collect(),
+            None => record
+                .partitions
+                .iter()
+                .map(|p| p.partition.clone())
+                .collect(),
             Some(_) if !record.layout.is_partitioned() => {
                 return Err(Error::invalid_request(format!(
                     "asset '{}' in target '{}' is not partitioned; delete it without \"partition\"",
@@ -460,7 +473,8 @@ impl Inner {
         let history = self.catalog.history(&action.target, &action.asset).await?;
         let mut value = describe_record(&record, target.kind());
         value["schema"] = schema_json(&record.schema);
-        value["history"] = serde_json::to_value(history).map_err(|e| Error::internal(e.to_string()))?;
+        value["history"] =
+            serde_json::to_value(history).map_err(|e| Error::internal(e.to_string()))?;
         Ok(value)
     }
 
@@ -527,7 +541,11 @@ fn check_columns(cmd: &AssetCommand, schema: &Schema) -> Result<()> {
             "column '{column}' named in the descriptor is not in the schema of asset '{}'; \
              columns: {}",
             cmd.asset,
-            names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            names
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     };
     for column in cmd.key.iter().chain(cmd.partition_column.iter()) {
@@ -550,7 +568,11 @@ fn select_partitions(record: &AssetRecord, wanted: &[Partition]) -> Result<Optio
     }
     if wanted.is_empty() {
         return Ok(Some(
-            record.partitions.iter().map(|p| p.partition.clone()).collect(),
+            record
+                .partitions
+                .iter()
+                .map(|p| p.partition.clone())
+                .collect(),
         ));
     }
     for p in wanted {
@@ -721,7 +743,10 @@ impl FlightService for QuiverService {
     }
 
     #[tracing::instrument(skip_all, fields(target, asset))]
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = protocol::parse_ticket(&request.into_inner().ticket)?;
         let (schema, batches) = self.inner.open(ticket).await?;
         // Dictionaries are sent as dictionaries: a read returns exactly the types written.
@@ -745,9 +770,8 @@ impl FlightService for QuiverService {
         // the task sees the broken stream and aborts the writer.
         let inner = Arc::clone(&self.inner);
         let span = Span::current();
-        let task = tokio::spawn(
-            async move { inner.put(request.into_inner()).await }.instrument(span),
-        );
+        let task =
+            tokio::spawn(async move { inner.put(request.into_inner()).await }.instrument(span));
         let summary = task.await.map_err(Error::from)??;
         let metadata = serde_json::to_vec(&summary).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(once(PutResult {

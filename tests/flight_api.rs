@@ -20,13 +20,28 @@ use conformance::numbered;
 async fn list_flights_describes_every_asset() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    for (target, asset, n) in [("parquet", "sales/daily", 3), ("csv", "sales/monthly", 2), ("json", "ops/log", 1)] {
+    for (target, asset, n) in [
+        ("parquet", "sales/daily", 3),
+        ("csv", "sales/monthly", 2),
+        ("json", "ops/log", 1),
+    ] {
         let batch = numbered(1, n);
-        put(&mut client, cmd(json!({"target": target, "asset": asset})), batch.schema(), vec![batch])
-            .await
-            .unwrap();
+        put(
+            &mut client,
+            cmd(json!({"target": target, "asset": asset})),
+            batch.schema(),
+            vec![batch],
+        )
+        .await
+        .unwrap();
     }
-    let all: Vec<_> = client.list_flights(Vec::<u8>::new()).await.unwrap().try_collect().await.unwrap();
+    let all: Vec<_> = client
+        .list_flights(Vec::<u8>::new())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(all.len(), 3);
     let sales: Vec<_> = client
         .list_flights(json!({"prefix": "sales/"}).to_string())
@@ -40,9 +55,21 @@ async fn list_flights_describes_every_asset() {
         .map(|i| i.flight_descriptor.clone().unwrap().path)
         .collect();
     paths.sort();
-    assert_eq!(paths, [vec!["csv", "sales", "monthly"], vec!["parquet", "sales", "daily"]]);
+    assert_eq!(
+        paths,
+        [
+            vec!["csv", "sales", "monthly"],
+            vec!["parquet", "sales", "daily"]
+        ]
+    );
     let parquet: Vec<_> = client
-        .list_flights(pb::ListCriteria { target: Some("parquet".into()), prefix: None }.encode_to_vec())
+        .list_flights(
+            pb::ListCriteria {
+                target: Some("parquet".into()),
+                prefix: None,
+            }
+            .encode_to_vec(),
+        )
         .await
         .unwrap()
         .try_collect()
@@ -52,18 +79,30 @@ async fn list_flights_describes_every_asset() {
     let info = &parquet[0];
     assert_eq!(info.total_records, 3);
     assert!(info.total_bytes > 0);
-    assert_eq!(info.clone().try_decode_schema().unwrap(), *numbered(0, 0).schema());
+    assert_eq!(
+        info.clone().try_decode_schema().unwrap(),
+        *numbered(0, 0).schema()
+    );
     let meta: serde_json::Value = serde_json::from_slice(&info.app_metadata).unwrap();
     assert_eq!(meta["version"], 1);
     assert_eq!(meta["kind"], "parquet");
-    assert!(meta["location"].as_str().unwrap().ends_with("/parquet/sales/daily.parquet"), "{meta}");
+    assert!(
+        meta["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("/parquet/sales/daily.parquet"),
+        "{meta}"
+    );
     assert!(meta["updated_at"].is_string());
     // The endpoint's ticket reads the asset.
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let (_, batches) = get_ticket(&mut client, ticket).await.unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
 
-    let bad = client.list_flights(json!({"colour": "red"}).to_string()).await.map(|_| ());
+    let bad = client
+        .list_flights(json!({"colour": "red"}).to_string())
+        .await
+        .map(|_| ());
     assert_status(bad.map_err(status), Code::InvalidArgument, "unknown field");
 }
 
@@ -72,7 +111,14 @@ async fn get_flight_info_and_schema_for_one_asset() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let batch = conformance::type_matrix();
-    put(&mut client, path(&["arrow", "t"]), batch.schema(), vec![batch.clone()]).await.unwrap();
+    put(
+        &mut client,
+        path(&["arrow", "t"]),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await
+    .unwrap();
     let info = client.get_flight_info(path(&["arrow", "t"])).await.unwrap();
     assert_eq!(info.total_records, 4);
     assert_eq!(info.flight_descriptor.clone().unwrap().path, ["arrow", "t"]);
@@ -81,12 +127,18 @@ async fn get_flight_info_and_schema_for_one_asset() {
     let schema = client.get_schema(path(&["arrow", "t"])).await.unwrap();
     assert_eq!(Arc::new(schema), batch.schema());
     assert_status(
-        client.get_flight_info(path(&["arrow", "missing"])).await.map_err(status),
+        client
+            .get_flight_info(path(&["arrow", "missing"]))
+            .await
+            .map_err(status),
         Code::NotFound,
         "asset 'missing' not found in target 'arrow'",
     );
     assert_status(
-        client.get_schema(path(&["nope", "t"])).await.map_err(status),
+        client
+            .get_schema(path(&["nope", "t"]))
+            .await
+            .map_err(status),
         Code::NotFound,
         "unknown target 'nope'; configured targets: arrow, csv, json, parquet",
     );
@@ -101,13 +153,20 @@ async fn protobuf_commands_and_tickets_work_like_json() {
         target: "parquet".into(),
         asset: vec!["pb".into(), "asset".into()],
         mode: pb::Mode::Overwrite as i32,
-        partition: Some(pb::Partition { kind: Some(pb::partition::Kind::Key("2024-05-01".into())) }),
+        partition: Some(pb::Partition {
+            kind: Some(pb::partition::Kind::Key("2024-05-01".into())),
+        }),
         idempotency_key: Some("pb-1".into()),
         ..Default::default()
     };
-    let result = put(&mut client, FlightDescriptor::new_cmd(command.encode_to_vec()), batch.schema(), vec![batch.clone()])
-        .await
-        .unwrap();
+    let result = put(
+        &mut client,
+        FlightDescriptor::new_cmd(command.encode_to_vec()),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await
+    .unwrap();
     assert_eq!(result["asset"], "pb/asset");
     assert_eq!(result["partition"], "2024-05-01");
     let ticket = pb::AssetTicket {
@@ -116,7 +175,9 @@ async fn protobuf_commands_and_tickets_work_like_json() {
         columns: vec!["tag".into()],
         ..Default::default()
     };
-    let (schema, got) = get_ticket(&mut client, Ticket::new(ticket.encode_to_vec())).await.unwrap();
+    let (schema, got) = get_ticket(&mut client, Ticket::new(ticket.encode_to_vec()))
+        .await
+        .unwrap();
     assert_eq!(schema.fields().len(), 1);
     assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
 }
@@ -127,12 +188,34 @@ async fn ticket_without_target_needs_an_unambiguous_asset() {
     let mut client = server.client().await;
     let batch = numbered(1, 2);
     for target in ["csv", "json"] {
-        put(&mut client, path(&[target, "shared"]), batch.schema(), vec![batch.clone()]).await.unwrap();
+        put(
+            &mut client,
+            path(&[target, "shared"]),
+            batch.schema(),
+            vec![batch.clone()],
+        )
+        .await
+        .unwrap();
     }
-    put(&mut client, path(&["csv", "only"]), batch.schema(), vec![batch.clone()]).await.unwrap();
+    put(
+        &mut client,
+        path(&["csv", "only"]),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await
+    .unwrap();
     assert!(get(&mut client, json!({"asset": "only"})).await.is_ok());
-    assert_status(get(&mut client, json!({"asset": "shared"})).await, Code::InvalidArgument, "csv, json");
-    assert_status(get(&mut client, json!({"asset": "ghost"})).await, Code::NotFound, "ghost");
+    assert_status(
+        get(&mut client, json!({"asset": "shared"})).await,
+        Code::InvalidArgument,
+        "csv, json",
+    );
+    assert_status(
+        get(&mut client, json!({"asset": "ghost"})).await,
+        Code::NotFound,
+        "ghost",
+    );
 }
 
 #[tokio::test]
@@ -142,13 +225,33 @@ async fn malformed_requests_get_invalid_argument() {
     let batch = numbered(1, 1);
     let cases = [
         (FlightDescriptor::new_cmd("{not json"), "not valid"),
-        (FlightDescriptor::new_cmd(vec![0xff, 0xff, 0xff]), "neither JSON nor a protobuf"),
+        (
+            FlightDescriptor::new_cmd(vec![0xff, 0xff, 0xff]),
+            "neither JSON nor a protobuf",
+        ),
         (FlightDescriptor::new_path(vec![]), "path is empty"),
-        (FlightDescriptor::new_path(vec!["parquet".into()]), "no asset"),
-        (cmd(json!({"target": "parquet", "asset": "a", "mode": "upsert"})), "needs \"key\""),
-        (cmd(json!({"target": "parquet", "asset": "a", "partition_column": "d"})), "no \"partition\""),
-        (cmd(json!({"target": "parquet", "asset": "a", "options": {"row_group": 1}})), "option 'row_group'"),
-        (cmd(json!({"target": "parquet", "asset": "a", "partition": "x", "partition_column": "nope"})), "column 'nope'"),
+        (
+            FlightDescriptor::new_path(vec!["parquet".into()]),
+            "no asset",
+        ),
+        (
+            cmd(json!({"target": "parquet", "asset": "a", "mode": "upsert"})),
+            "needs \"key\"",
+        ),
+        (
+            cmd(json!({"target": "parquet", "asset": "a", "partition_column": "d"})),
+            "no \"partition\"",
+        ),
+        (
+            cmd(json!({"target": "parquet", "asset": "a", "options": {"row_group": 1}})),
+            "option 'row_group'",
+        ),
+        (
+            cmd(
+                json!({"target": "parquet", "asset": "a", "partition": "x", "partition_column": "nope"}),
+            ),
+            "column 'nope'",
+        ),
     ];
     for (descriptor, needle) in cases {
         let result = put(&mut client, descriptor, batch.schema(), vec![batch.clone()]).await;
@@ -158,62 +261,134 @@ async fn malformed_requests_get_invalid_argument() {
         (Ticket::new("{\"asset\": 1}"), "not valid"),
         (Ticket::new(vec![0xff, 0x00]), "neither JSON nor a protobuf"),
     ] {
-        assert_status(get_ticket(&mut client, ticket).await, Code::InvalidArgument, needle);
+        assert_status(
+            get_ticket(&mut client, ticket).await,
+            Code::InvalidArgument,
+            needle,
+        );
     }
-    assert!(server.files().is_empty(), "nothing written: {:?}", server.files());
+    assert!(
+        server.files().is_empty(),
+        "nothing written: {:?}",
+        server.files()
+    );
 }
 
 #[tokio::test]
 async fn actions_describe_delete_and_report_health() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let listed: Vec<_> = client.list_actions().await.unwrap().try_collect().await.unwrap();
+    let listed: Vec<_> = client
+        .list_actions()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     let names: Vec<_> = listed.iter().map(|a| a.r#type.as_str()).collect();
     assert_eq!(names, ["delete", "describe", "list-targets", "health"]);
     assert!(listed.iter().all(|a| !a.description.is_empty()));
 
-    let targets = action(&mut client, "list-targets", serde_json::Value::Null).await.unwrap();
+    let targets = action(&mut client, "list-targets", serde_json::Value::Null)
+        .await
+        .unwrap();
     assert_eq!(targets.as_array().unwrap().len(), 4);
-    assert_eq!(targets[0], json!({"name": "arrow", "kind": "arrow", "modes": ["overwrite"]}));
+    assert_eq!(
+        targets[0],
+        json!({"name": "arrow", "kind": "arrow", "modes": ["overwrite"]})
+    );
 
-    let health = action(&mut client, "health", serde_json::Value::Null).await.unwrap();
+    let health = action(&mut client, "health", serde_json::Value::Null)
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["targets"]["parquet"]["ok"], true);
 
     let batch = numbered(1, 3);
-    put(&mut client, path(&["parquet", "a", "b"]), batch.schema(), vec![batch.clone()]).await.unwrap();
-    put(&mut client, path(&["parquet", "a", "b"]), batch.schema(), vec![batch]).await.unwrap();
-    let described = action(&mut client, "describe", json!({"target": "parquet", "asset": "a/b"})).await.unwrap();
+    put(
+        &mut client,
+        path(&["parquet", "a", "b"]),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await
+    .unwrap();
+    put(
+        &mut client,
+        path(&["parquet", "a", "b"]),
+        batch.schema(),
+        vec![batch],
+    )
+    .await
+    .unwrap();
+    let described = action(
+        &mut client,
+        "describe",
+        json!({"target": "parquet", "asset": "a/b"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(described["version"], 2);
     assert_eq!(described["rows"], 3);
-    assert_eq!(described["schema"][0], json!({"name": "id", "type": "Int64", "nullable": false}));
+    assert_eq!(
+        described["schema"][0],
+        json!({"name": "id", "type": "Int64", "nullable": false})
+    );
     let history = described["history"].as_array().unwrap();
     assert_eq!(history.len(), 2);
     assert_eq!(history[0]["version"], 2);
     assert_eq!(history[0]["mode"], "overwrite");
 
-    let deleted = action(&mut client, "delete", json!({"target": "parquet", "asset": "a/b"})).await.unwrap();
+    let deleted = action(
+        &mut client,
+        "delete",
+        json!({"target": "parquet", "asset": "a/b"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(deleted["deleted"], "a/b");
     assert!(server.files().is_empty(), "{:?}", server.files());
     assert_status(
-        action(&mut client, "describe", json!({"target": "parquet", "asset": "a/b"})).await,
+        action(
+            &mut client,
+            "describe",
+            json!({"target": "parquet", "asset": "a/b"}),
+        )
+        .await,
         Code::NotFound,
         "not found",
     );
     assert_status(
-        action(&mut client, "delete", json!({"target": "parquet", "asset": "a/b"})).await,
+        action(
+            &mut client,
+            "delete",
+            json!({"target": "parquet", "asset": "a/b"}),
+        )
+        .await,
         Code::NotFound,
         "not found",
     );
-    assert_status(action(&mut client, "vacuum", serde_json::Value::Null).await, Code::InvalidArgument, "unknown action 'vacuum'");
-    assert_status(action(&mut client, "delete", json!({"asset": "x"})).await, Code::InvalidArgument, "missing field `target`");
+    assert_status(
+        action(&mut client, "vacuum", serde_json::Value::Null).await,
+        Code::InvalidArgument,
+        "unknown action 'vacuum'",
+    );
+    assert_status(
+        action(&mut client, "delete", json!({"asset": "x"})).await,
+        Code::InvalidArgument,
+        "missing field `target`",
+    );
 }
 
 #[tokio::test]
 async fn unsupported_rpcs_say_what_to_use() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let err = client.poll_flight_info(path(&["parquet", "a"])).await.map_err(status).unwrap_err();
+    let err = client
+        .poll_flight_info(path(&["parquet", "a"]))
+        .await
+        .map_err(status)
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("GetFlightInfo"));
 }
@@ -231,16 +406,41 @@ async fn named_targets_come_from_config() {
     .await;
     let mut client = server.client().await;
     let batch = numbered(1, 5);
-    let result = put(&mut client, path(&["lake", "x"]), batch.schema(), vec![batch]).await.unwrap();
-    assert!(result["location"].as_str().unwrap().ends_with("/data/lake/x.parquet"));
+    let result = put(
+        &mut client,
+        path(&["lake", "x"]),
+        batch.schema(),
+        vec![batch],
+    )
+    .await
+    .unwrap();
+    assert!(
+        result["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("/data/lake/x.parquet")
+    );
     assert_eq!(server.files(), ["lake/x.parquet"]);
     let file = std::fs::File::open(server.data_dir().join("lake/x.parquet")).unwrap();
     let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
     use parquet::file::reader::FileReader;
     let meta = reader.metadata();
-    assert_eq!(meta.num_row_groups(), 3, "row_group_size = 2 splits 5 rows into 3 groups");
-    assert_eq!(meta.row_group(0).column(0).compression(), parquet::basic::Compression::SNAPPY);
-    let unknown = put(&mut client, path(&["parquet", "x"]), numbered(1, 1).schema(), vec![]).await;
+    assert_eq!(
+        meta.num_row_groups(),
+        3,
+        "row_group_size = 2 splits 5 rows into 3 groups"
+    );
+    assert_eq!(
+        meta.row_group(0).column(0).compression(),
+        parquet::basic::Compression::SNAPPY
+    );
+    let unknown = put(
+        &mut client,
+        path(&["parquet", "x"]),
+        numbered(1, 1).schema(),
+        vec![],
+    )
+    .await;
     assert_status(unknown, Code::NotFound, "configured targets: lake");
 }
 
@@ -249,18 +449,42 @@ async fn dagster_layout_on_disk() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let batch = numbered(1, 2);
-    for (target, ext) in [("parquet", "parquet"), ("json", "json"), ("csv", "csv"), ("arrow", "arrow")] {
-        put(&mut client, path(&[target, "sales", "daily"]), batch.schema(), vec![batch.clone()]).await.unwrap();
+    for (target, ext) in [
+        ("parquet", "parquet"),
+        ("json", "json"),
+        ("csv", "csv"),
+        ("arrow", "arrow"),
+    ] {
         put(
             &mut client,
-            cmd(json!({"target": target, "asset": "sales/hourly", "partition": "2024-01-01-00:00"})),
+            path(&[target, "sales", "daily"]),
             batch.schema(),
             vec![batch.clone()],
         )
         .await
         .unwrap();
-        assert!(server.data_dir().join(format!("{target}/sales/daily.{ext}")).is_file());
-        assert!(server.data_dir().join(format!("{target}/sales/hourly/2024-01-01-00:00.{ext}")).is_file());
+        put(
+            &mut client,
+            cmd(
+                json!({"target": target, "asset": "sales/hourly", "partition": "2024-01-01-00:00"}),
+            ),
+            batch.schema(),
+            vec![batch.clone()],
+        )
+        .await
+        .unwrap();
+        assert!(
+            server
+                .data_dir()
+                .join(format!("{target}/sales/daily.{ext}"))
+                .is_file()
+        );
+        assert!(
+            server
+                .data_dir()
+                .join(format!("{target}/sales/hourly/2024-01-01-00:00.{ext}"))
+                .is_file()
+        );
     }
     // Files are readable by ordinary tools: the CSV has a header and \N for nulls.
     let csv = std::fs::read_to_string(server.data_dir().join("csv/sales/daily.csv")).unwrap();
@@ -274,19 +498,55 @@ async fn format_limits_are_refused_with_the_column_named() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     use arrow_array::{Float64Array, RecordBatch, StringArray};
-    let floats = RecordBatch::try_from_iter([("ratio", Arc::new(Float64Array::from(vec![1.0, f64::NAN])) as _)]).unwrap();
-    let result = put(&mut client, path(&["json", "nan"]), floats.schema(), vec![floats.clone()]).await;
+    let floats = RecordBatch::try_from_iter([(
+        "ratio",
+        Arc::new(Float64Array::from(vec![1.0, f64::NAN])) as _,
+    )])
+    .unwrap();
+    let result = put(
+        &mut client,
+        path(&["json", "nan"]),
+        floats.schema(),
+        vec![floats.clone()],
+    )
+    .await;
     assert_status(result, Code::InvalidArgument, "column 'ratio' holds NaN");
     // Parquet and Arrow hold NaN exactly.
     for target in ["parquet", "arrow", "csv"] {
-        put(&mut client, path(&[target, "nan"]), floats.schema(), vec![floats.clone()]).await.unwrap();
-        let (_, got) = get(&mut client, json!({"target": target, "asset": "nan"})).await.unwrap();
-        let got = got[0].column(0).as_any().downcast_ref::<Float64Array>().unwrap().clone();
+        put(
+            &mut client,
+            path(&[target, "nan"]),
+            floats.schema(),
+            vec![floats.clone()],
+        )
+        .await
+        .unwrap();
+        let (_, got) = get(&mut client, json!({"target": target, "asset": "nan"}))
+            .await
+            .unwrap();
+        let got = got[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .clone();
         assert!(got.value(1).is_nan(), "{target}");
     }
-    let marker = RecordBatch::try_from_iter([("note", Arc::new(StringArray::from(vec!["ok", "\\N"])) as _)]).unwrap();
-    let result = put(&mut client, path(&["csv", "marker"]), marker.schema(), vec![marker]).await;
-    assert_status(result, Code::InvalidArgument, "column 'note' holds the string \"\\N\"");
+    let marker =
+        RecordBatch::try_from_iter([("note", Arc::new(StringArray::from(vec!["ok", "\\N"])) as _)])
+            .unwrap();
+    let result = put(
+        &mut client,
+        path(&["csv", "marker"]),
+        marker.schema(),
+        vec![marker],
+    )
+    .await;
+    assert_status(
+        result,
+        Code::InvalidArgument,
+        "column 'note' holds the string \"\\N\"",
+    );
     assert!(!server.data_dir().join("csv/marker.csv").exists());
     assert!(!server.data_dir().join("json/nan.json").exists());
 }
@@ -309,7 +569,10 @@ async fn shutdown_lets_in_flight_puts_commit() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let stopping = tokio::spawn(server.stop());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(!stopping.is_finished(), "shutdown must wait for the in-flight put");
+    assert!(
+        !stopping.is_finished(),
+        "shutdown must wait for the in-flight put"
+    );
     tx.send(Ok(numbered(1, 100))).await.unwrap();
     drop(tx);
     let results = call.await.unwrap().expect("the in-flight put commits");

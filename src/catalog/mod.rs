@@ -156,8 +156,7 @@ pub trait Catalog: Send + Sync + 'static {
     ) -> Result<Option<PutSummary>>;
     /// Removes the asset, or only the given partitions of it. Removing the last partition
     /// removes the asset.
-    async fn delete(&self, target: &str, asset: &AssetKey, partitions: &[Partition])
-    -> Result<()>;
+    async fn delete(&self, target: &str, asset: &AssetKey, partitions: &[Partition]) -> Result<()>;
     /// Newest first.
     async fn history(&self, target: &str, asset: &AssetKey) -> Result<Vec<HistoryEntry>>;
 }
@@ -187,7 +186,11 @@ mod tests {
     fn schemas_survive_encoding_exactly() {
         let schema = Schema::new_with_metadata(
             vec![
-                Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, Some("+01:00".into())), true),
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Nanosecond, Some("+01:00".into())),
+                    true,
+                ),
                 Field::new_dictionary("d", DataType::Int32, DataType::Utf8, false),
                 Field::new("n", DataType::Decimal128(38, 9), true)
                     .with_metadata(HashMap::from([("k".into(), "v".into())])),

@@ -79,9 +79,8 @@ impl SqliteCatalog {
                 ))
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| {
-            Error::config(format!("cannot open catalog {}: {e}", path.display()))
-        })?;
+        let conn = Connection::open(path)
+            .map_err(|e| Error::config(format!("cannot open catalog {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -423,12 +422,7 @@ impl Catalog for SqliteCatalog {
         .await
     }
 
-    async fn delete(
-        &self,
-        target: &str,
-        asset: &AssetKey,
-        partitions: &[Partition],
-    ) -> Result<()> {
+    async fn delete(&self, target: &str, asset: &AssetKey, partitions: &[Partition]) -> Result<()> {
         let (target, asset) = (target.to_string(), asset.to_string());
         let ids: Vec<String> = partitions.iter().map(Partition::id).collect();
         self.run(move |conn| {

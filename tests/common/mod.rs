@@ -92,7 +92,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         if path.is_dir() {
             walk(root, &path, out);
         } else {
-            out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            out.push(
+                path.strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
 }
@@ -150,8 +155,16 @@ pub async fn get_ticket(
     Ok((schema, batches))
 }
 
-pub async fn action(client: &mut FlightClient, name: &str, body: Value) -> Result<Value, tonic::Status> {
-    let body = if body.is_null() { String::new() } else { body.to_string() };
+pub async fn action(
+    client: &mut FlightClient,
+    name: &str,
+    body: Value,
+) -> Result<Value, tonic::Status> {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
     let results: Vec<bytes::Bytes> = client
         .do_action(Action::new(name, body))
         .await
@@ -171,12 +184,20 @@ pub fn status(e: FlightError) -> tonic::Status {
 }
 
 /// Asserts a call failed with `code` and a message containing `needle`.
-pub fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, needle: &str) {
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
     match result {
         Ok(v) => panic!("expected {code:?} containing {needle:?}, got Ok({v:?})"),
         Err(s) => {
             assert_eq!(s.code(), code, "status {s:?}");
-            assert!(s.message().contains(needle), "message {:?} lacks {needle:?}", s.message());
+            assert!(
+                s.message().contains(needle),
+                "message {:?} lacks {needle:?}",
+                s.message()
+            );
         }
     }
 }

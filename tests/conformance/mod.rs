@@ -10,8 +10,8 @@ use arrow_array::builder::{ListBuilder, StringDictionaryBuilder};
 use arrow_array::types::Int32Type;
 use arrow_array::*;
 use arrow_flight::FlightClient;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::FlightData;
+use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_schema::{DataType, Field, Fields, Schema};
 use futures::{SinkExt, TryStreamExt};
@@ -67,39 +67,242 @@ pub fn type_matrix() -> RecordBatch {
         ]),
         vec![
             Arc::new(Int32Array::from(vec![Some(1), Some(2), None, Some(4)])),
-            Arc::new(StringArray::from(vec![Some("x"), None, Some("z"), Some("")])),
+            Arc::new(StringArray::from(vec![
+                Some("x"),
+                None,
+                Some("z"),
+                Some(""),
+            ])),
         ],
         Some(vec![true, true, false, true].into()),
     );
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("i8", Arc::new(Int8Array::from(vec![Some(i8::MIN), None, Some(0), Some(i8::MAX)]))),
-        ("i16", Arc::new(Int16Array::from(vec![Some(i16::MIN), None, Some(0), Some(i16::MAX)]))),
-        ("i32", Arc::new(Int32Array::from(vec![Some(i32::MIN), None, Some(0), Some(i32::MAX)]))),
-        ("i64", Arc::new(Int64Array::from(vec![Some(i64::MIN), None, Some(0), Some(i64::MAX)]))),
-        ("u8", Arc::new(UInt8Array::from(vec![Some(0), None, Some(1), Some(u8::MAX)]))),
-        ("u16", Arc::new(UInt16Array::from(vec![Some(0), None, Some(1), Some(u16::MAX)]))),
-        ("u32", Arc::new(UInt32Array::from(vec![Some(0), None, Some(1), Some(u32::MAX)]))),
-        ("u64", Arc::new(UInt64Array::from(vec![Some(0), None, Some(1), Some(u64::MAX)]))),
-        ("f32", Arc::new(Float32Array::from(vec![Some(-1.5), None, Some(0.1), Some(f32::MAX)]))),
-        ("f64", Arc::new(Float64Array::from(vec![Some(-0.1), None, Some(1e-300), Some(f64::MAX)]))),
-        ("bool", Arc::new(BooleanArray::from(vec![Some(true), None, Some(false), Some(true)]))),
-        ("utf8", Arc::new(StringArray::from(vec![Some("héllo, \"wörld\""), None, Some(""), Some("line\nbreak 🎯")]))),
-        ("large_utf8", Arc::new(LargeStringArray::from(vec![Some("a"), None, Some(""), Some("ü")]))),
-        ("binary", Arc::new(BinaryArray::from(vec![Some(b"\x00\xff".as_slice()), None, Some(b"".as_slice()), Some(b"abc".as_slice())]))),
-        ("date32", Arc::new(Date32Array::from(vec![Some(0), None, Some(-719162), Some(2932896)]))),
-        ("ts_s", Arc::new(TimestampSecondArray::from(vec![Some(0), None, Some(-1), Some(1_700_000_000)]))),
-        ("ts_ms", Arc::new(TimestampMillisecondArray::from(vec![Some(0), None, Some(-1), Some(1_700_000_000_123)]))),
-        ("ts_us", Arc::new(TimestampMicrosecondArray::from(vec![Some(0), None, Some(-1), Some(1_700_000_000_123_456)]))),
-        ("ts_ns", Arc::new(TimestampNanosecondArray::from(vec![Some(0), None, Some(-1), Some(1_700_000_000_123_456_789)]))),
-        ("ts_us_utc", Arc::new(TimestampMicrosecondArray::from(vec![Some(0), None, Some(1), Some(1_700_000_000_123_456)]).with_timezone(tz_utc))),
-        ("ts_ns_offset", Arc::new(TimestampNanosecondArray::from(vec![Some(0), None, Some(1), Some(1_700_000_000_123_456_789)]).with_timezone(tz_offset))),
-        ("time64_us", Arc::new(Time64MicrosecondArray::from(vec![Some(0), None, Some(1), Some(86_399_999_999)]))),
-        ("time64_ns", Arc::new(Time64NanosecondArray::from(vec![Some(0), None, Some(1), Some(86_399_999_999_999)]))),
-        ("decimal", Arc::new(
-            Decimal128Array::from(vec![Some(i128::from(i64::MAX) * 1_000_000_007), None, Some(-1), Some(99_999_999_999_999_999_999_999_999_999_999_999_999)])
+        (
+            "i8",
+            Arc::new(Int8Array::from(vec![
+                Some(i8::MIN),
+                None,
+                Some(0),
+                Some(i8::MAX),
+            ])),
+        ),
+        (
+            "i16",
+            Arc::new(Int16Array::from(vec![
+                Some(i16::MIN),
+                None,
+                Some(0),
+                Some(i16::MAX),
+            ])),
+        ),
+        (
+            "i32",
+            Arc::new(Int32Array::from(vec![
+                Some(i32::MIN),
+                None,
+                Some(0),
+                Some(i32::MAX),
+            ])),
+        ),
+        (
+            "i64",
+            Arc::new(Int64Array::from(vec![
+                Some(i64::MIN),
+                None,
+                Some(0),
+                Some(i64::MAX),
+            ])),
+        ),
+        (
+            "u8",
+            Arc::new(UInt8Array::from(vec![
+                Some(0),
+                None,
+                Some(1),
+                Some(u8::MAX),
+            ])),
+        ),
+        (
+            "u16",
+            Arc::new(UInt16Array::from(vec![
+                Some(0),
+                None,
+                Some(1),
+                Some(u16::MAX),
+            ])),
+        ),
+        (
+            "u32",
+            Arc::new(UInt32Array::from(vec![
+                Some(0),
+                None,
+                Some(1),
+                Some(u32::MAX),
+            ])),
+        ),
+        (
+            "u64",
+            Arc::new(UInt64Array::from(vec![
+                Some(0),
+                None,
+                Some(1),
+                Some(u64::MAX),
+            ])),
+        ),
+        (
+            "f32",
+            Arc::new(Float32Array::from(vec![
+                Some(-1.5),
+                None,
+                Some(0.1),
+                Some(f32::MAX),
+            ])),
+        ),
+        (
+            "f64",
+            Arc::new(Float64Array::from(vec![
+                Some(-0.1),
+                None,
+                Some(1e-300),
+                Some(f64::MAX),
+            ])),
+        ),
+        (
+            "bool",
+            Arc::new(BooleanArray::from(vec![
+                Some(true),
+                None,
+                Some(false),
+                Some(true),
+            ])),
+        ),
+        (
+            "utf8",
+            Arc::new(StringArray::from(vec![
+                Some("héllo, \"wörld\""),
+                None,
+                Some(""),
+                Some("line\nbreak 🎯"),
+            ])),
+        ),
+        (
+            "large_utf8",
+            Arc::new(LargeStringArray::from(vec![
+                Some("a"),
+                None,
+                Some(""),
+                Some("ü"),
+            ])),
+        ),
+        (
+            "binary",
+            Arc::new(BinaryArray::from(vec![
+                Some(b"\x00\xff".as_slice()),
+                None,
+                Some(b"".as_slice()),
+                Some(b"abc".as_slice()),
+            ])),
+        ),
+        (
+            "date32",
+            Arc::new(Date32Array::from(vec![
+                Some(0),
+                None,
+                Some(-719162),
+                Some(2932896),
+            ])),
+        ),
+        (
+            "ts_s",
+            Arc::new(TimestampSecondArray::from(vec![
+                Some(0),
+                None,
+                Some(-1),
+                Some(1_700_000_000),
+            ])),
+        ),
+        (
+            "ts_ms",
+            Arc::new(TimestampMillisecondArray::from(vec![
+                Some(0),
+                None,
+                Some(-1),
+                Some(1_700_000_000_123),
+            ])),
+        ),
+        (
+            "ts_us",
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                Some(0),
+                None,
+                Some(-1),
+                Some(1_700_000_000_123_456),
+            ])),
+        ),
+        (
+            "ts_ns",
+            Arc::new(TimestampNanosecondArray::from(vec![
+                Some(0),
+                None,
+                Some(-1),
+                Some(1_700_000_000_123_456_789),
+            ])),
+        ),
+        (
+            "ts_us_utc",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![
+                    Some(0),
+                    None,
+                    Some(1),
+                    Some(1_700_000_000_123_456),
+                ])
+                .with_timezone(tz_utc),
+            ),
+        ),
+        (
+            "ts_ns_offset",
+            Arc::new(
+                TimestampNanosecondArray::from(vec![
+                    Some(0),
+                    None,
+                    Some(1),
+                    Some(1_700_000_000_123_456_789),
+                ])
+                .with_timezone(tz_offset),
+            ),
+        ),
+        (
+            "time64_us",
+            Arc::new(Time64MicrosecondArray::from(vec![
+                Some(0),
+                None,
+                Some(1),
+                Some(86_399_999_999),
+            ])),
+        ),
+        (
+            "time64_ns",
+            Arc::new(Time64NanosecondArray::from(vec![
+                Some(0),
+                None,
+                Some(1),
+                Some(86_399_999_999_999),
+            ])),
+        ),
+        (
+            "decimal",
+            Arc::new(
+                Decimal128Array::from(vec![
+                    Some(i128::from(i64::MAX) * 1_000_000_007),
+                    None,
+                    Some(-1),
+                    Some(99_999_999_999_999_999_999_999_999_999_999_999_999),
+                ])
                 .with_precision_and_scale(38, 10)
                 .unwrap(),
-        )),
+            ),
+        ),
         ("list", Arc::new(list.finish())),
         ("struct", Arc::new(structs)),
         ("dict", Arc::new(dict.finish())),
@@ -169,15 +372,29 @@ fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()
 }
 
-async fn put_numbered(client: &mut FlightClient, target: &str, asset: &str, tag: i64, n: usize) -> serde_json::Value {
+async fn put_numbered(
+    client: &mut FlightClient,
+    target: &str,
+    asset: &str,
+    tag: i64,
+    n: usize,
+) -> serde_json::Value {
     let batch = numbered(tag, n);
-    put(client, cmd(json!({"target": target, "asset": asset})), batch.schema(), vec![batch])
-        .await
-        .expect("put")
+    put(
+        client,
+        cmd(json!({"target": target, "asset": asset})),
+        batch.schema(),
+        vec![batch],
+    )
+    .await
+    .expect("put")
 }
 
 async fn read_all(client: &mut FlightClient, target: &str, asset: &str) -> Vec<RecordBatch> {
-    get(client, json!({"target": target, "asset": asset})).await.expect("get").1
+    get(client, json!({"target": target, "asset": asset}))
+        .await
+        .expect("get")
+        .1
 }
 
 async fn round_trips_every_type(server: &TestServer, p: &Profile) {
@@ -186,16 +403,28 @@ async fn round_trips_every_type(server: &TestServer, p: &Profile) {
     // Two batches, so the writer sees more than one.
     let batches = vec![batch.slice(0, 2), batch.slice(2, 2)];
     let asset = "types/matrix";
-    let result = put(&mut client, path(&[p.target, "types", "matrix"]), batch.schema(), batches)
-        .await
-        .unwrap_or_else(|e| panic!("{}: put of the type matrix failed: {e}", p.target));
+    let result = put(
+        &mut client,
+        path(&[p.target, "types", "matrix"]),
+        batch.schema(),
+        batches,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: put of the type matrix failed: {e}", p.target));
     assert_eq!(result["rows"], 4);
     assert_eq!(result["asset"], asset);
     assert_eq!(result["target"], p.target);
     assert_eq!(result["version"], 1);
     assert!(result["bytes"].as_u64().unwrap() > 0);
-    let (schema, got) = get(&mut client, json!({"target": p.target, "asset": asset})).await.unwrap();
-    assert_eq!(schema, batch.schema(), "{}: schema must round-trip exactly", p.target);
+    let (schema, got) = get(&mut client, json!({"target": p.target, "asset": asset}))
+        .await
+        .unwrap();
+    assert_eq!(
+        schema,
+        batch.schema(),
+        "{}: schema must round-trip exactly",
+        p.target
+    );
     let got = concat(&schema, &got);
     for (i, field) in batch.schema().fields().iter().enumerate() {
         assert_eq!(
@@ -221,9 +450,19 @@ async fn refuses_what_it_cannot_hold(server: &TestServer, p: &Profile) {
     for column in p.refuses {
         let idx = matrix.schema().index_of(column).unwrap();
         let batch = matrix.project(&[0, idx]).unwrap();
-        let result = put(&mut client, path(&[p.target, "refused", column]), batch.schema(), vec![batch]).await;
+        let result = put(
+            &mut client,
+            path(&[p.target, "refused", column]),
+            batch.schema(),
+            vec![batch],
+        )
+        .await;
         assert_status(result, Code::InvalidArgument, column);
-        let missing = get(&mut client, json!({"target": p.target, "asset": format!("refused/{column}")})).await;
+        let missing = get(
+            &mut client,
+            json!({"target": p.target, "asset": format!("refused/{column}")}),
+        )
+        .await;
         assert_status(missing, Code::NotFound, "not found");
     }
 }
@@ -231,9 +470,18 @@ async fn refuses_what_it_cannot_hold(server: &TestServer, p: &Profile) {
 async fn empty_tables_round_trip(server: &TestServer, p: &Profile) {
     let mut client = server.client().await;
     let schema = numbered(0, 0).schema();
-    let result = put(&mut client, path(&[p.target, "empty"]), schema.clone(), vec![]).await.unwrap();
+    let result = put(
+        &mut client,
+        path(&[p.target, "empty"]),
+        schema.clone(),
+        vec![],
+    )
+    .await
+    .unwrap();
     assert_eq!(result["rows"], 0);
-    let (got_schema, got) = get(&mut client, json!({"target": p.target, "asset": "empty"})).await.unwrap();
+    let (got_schema, got) = get(&mut client, json!({"target": p.target, "asset": "empty"}))
+        .await
+        .unwrap();
     assert_eq!(got_schema, schema);
     assert_eq!(rows(&got), 0);
 }
@@ -260,7 +508,9 @@ async fn bad_batch_aborts_and_keeps_the_old_version(server: &TestServer, p: &Pro
     put_numbered(&mut client, p.target, asset, 1, 5).await;
     let before = server.files();
     let result = client
-        .do_put(futures::stream::iter(corrupt_put(p.target, asset).into_iter().map(Ok)))
+        .do_put(futures::stream::iter(
+            corrupt_put(p.target, asset).into_iter().map(Ok),
+        ))
         .await;
     let result = match result {
         Ok(stream) => stream.try_collect::<Vec<_>>().await.map_err(status),
@@ -268,7 +518,12 @@ async fn bad_batch_aborts_and_keeps_the_old_version(server: &TestServer, p: &Pro
     };
     assert_status(result, Code::InvalidArgument, "could not be decoded");
     assert_eq!(tags(&read_all(&mut client, p.target, asset).await), [1]);
-    assert_eq!(server.files(), before, "{}: a failed put left files behind", p.target);
+    assert_eq!(
+        server.files(),
+        before,
+        "{}: a failed put left files behind",
+        p.target
+    );
 }
 
 async fn client_cancel_leaves_nothing(server: &TestServer, p: &Profile) {
@@ -294,7 +549,11 @@ async fn client_cancel_leaves_nothing(server: &TestServer, p: &Profile) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         relay_task.abort();
         let _ = relay_task.await;
-        assert!(call.await.unwrap().is_err(), "{}: a cut put must not succeed", p.target);
+        assert!(
+            call.await.unwrap().is_err(),
+            "{}: a cut put must not succeed",
+            p.target
+        );
         drop(tx);
     }
     // The server notices the reset stream and aborts; give it a moment.
@@ -304,9 +563,20 @@ async fn client_cancel_leaves_nothing(server: &TestServer, p: &Profile) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(server.files(), before, "{}: a cancelled put left files behind", p.target);
+    assert_eq!(
+        server.files(),
+        before,
+        "{}: a cancelled put left files behind",
+        p.target
+    );
     assert_eq!(tags(&read_all(&mut client, p.target, asset).await), [1]);
-    let info = action(&mut client, "describe", json!({"target": p.target, "asset": asset})).await.unwrap();
+    let info = action(
+        &mut client,
+        "describe",
+        json!({"target": p.target, "asset": asset}),
+    )
+    .await
+    .unwrap();
     assert_eq!(info["version"], 1, "a cancelled put must not commit");
 }
 
@@ -349,25 +619,57 @@ async fn partitions_are_isolated(server: &TestServer, p: &Profile) {
         .await
         .unwrap();
         assert_eq!(result["partition"], day);
-        assert!(result["location"].as_str().unwrap().ends_with(&format!("events/daily/{day}.{}", ext(p))), "{result}");
+        assert!(
+            result["location"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("events/daily/{day}.{}", ext(p))),
+            "{result}"
+        );
     }
     // Whole asset: every partition, ordered by partition key.
     let all = read_all(&mut client, p.target, asset).await;
     assert_eq!((tags(&all), rows(&all)), (vec![1, 2], 30));
-    let one = get(&mut client, json!({"target": p.target, "asset": asset, "partition": "2024-01-02"})).await.unwrap().1;
+    let one = get(
+        &mut client,
+        json!({"target": p.target, "asset": asset, "partition": "2024-01-02"}),
+    )
+    .await
+    .unwrap()
+    .1;
     assert_eq!((tags(&one), rows(&one)), (vec![2], 20));
     // Replacing one partition leaves the other untouched.
     let batch = numbered(3, 5);
-    put(&mut client, cmd(json!({"target": p.target, "asset": asset, "partition": "2024-01-01"})), batch.schema(), vec![batch]).await.unwrap();
+    put(
+        &mut client,
+        cmd(json!({"target": p.target, "asset": asset, "partition": "2024-01-01"})),
+        batch.schema(),
+        vec![batch],
+    )
+    .await
+    .unwrap();
     let all = read_all(&mut client, p.target, asset).await;
     assert_eq!((tags(&all), rows(&all)), (vec![3, 2], 25));
-    let info = client.get_flight_info(path(&[p.target, "events", "daily"])).await.unwrap();
+    let info = client
+        .get_flight_info(path(&[p.target, "events", "daily"]))
+        .await
+        .unwrap();
     assert_eq!(info.total_records, 25);
     // An unknown partition is NOT_FOUND; an unpartitioned put to a partitioned asset is refused.
-    let missing = get(&mut client, json!({"target": p.target, "asset": asset, "partition": "1999-01-01"})).await;
+    let missing = get(
+        &mut client,
+        json!({"target": p.target, "asset": asset, "partition": "1999-01-01"}),
+    )
+    .await;
     assert_status(missing, Code::NotFound, "1999-01-01");
     let batch = numbered(4, 1);
-    let mixed = put(&mut client, path(&[p.target, "events", "daily"]), batch.schema(), vec![batch.clone()]).await;
+    let mixed = put(
+        &mut client,
+        path(&[p.target, "events", "daily"]),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await;
     assert_status(mixed, Code::FailedPrecondition, "partitioned");
     // A schema that differs from the other partitions is refused.
     let other = RecordBatch::try_new(
@@ -375,10 +677,22 @@ async fn partitions_are_isolated(server: &TestServer, p: &Profile) {
         vec![Arc::new(StringArray::from(vec!["x"]))],
     )
     .unwrap();
-    let drift = put(&mut client, cmd(json!({"target": p.target, "asset": asset, "partition": "2024-01-03"})), other.schema(), vec![other]).await;
+    let drift = put(
+        &mut client,
+        cmd(json!({"target": p.target, "asset": asset, "partition": "2024-01-03"})),
+        other.schema(),
+        vec![other],
+    )
+    .await;
     assert_status(drift, Code::FailedPrecondition, "schema");
     // Deleting one partition keeps the rest.
-    action(&mut client, "delete", json!({"target": p.target, "asset": asset, "partition": "2024-01-02"})).await.unwrap();
+    action(
+        &mut client,
+        "delete",
+        json!({"target": p.target, "asset": asset, "partition": "2024-01-02"}),
+    )
+    .await
+    .unwrap();
     let all = read_all(&mut client, p.target, asset).await;
     assert_eq!((tags(&all), rows(&all)), (vec![3], 5));
     // Multi-dimensional partitions lay out one directory level per dimension, by name.
@@ -391,8 +705,20 @@ async fn partitions_are_isolated(server: &TestServer, p: &Profile) {
     )
     .await
     .unwrap();
-    assert!(result["location"].as_str().unwrap().ends_with(&format!("events/by_region/2024-01-01/eu.{}", ext(p))), "{result}");
-    let single = put(&mut client, cmd(json!({"target": p.target, "asset": multi, "partition": "2024-01-01"})), batch.schema(), vec![batch]).await;
+    assert!(
+        result["location"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("events/by_region/2024-01-01/eu.{}", ext(p))),
+        "{result}"
+    );
+    let single = put(
+        &mut client,
+        cmd(json!({"target": p.target, "asset": multi, "partition": "2024-01-01"})),
+        batch.schema(),
+        vec![batch],
+    )
+    .await;
     assert_status(single, Code::FailedPrecondition, "dimensions");
     let got = get(&mut client, json!({"target": p.target, "asset": multi, "partition": {"date": "2024-01-01", "region": "eu"}})).await.unwrap().1;
     assert_eq!(tags(&got), [4]);
@@ -411,13 +737,38 @@ fn ext(p: &Profile) -> &'static str {
 async fn bad_names_are_refused(server: &TestServer, p: &Profile) {
     let mut client = server.client().await;
     let batch = numbered(1, 1);
-    for bad in ["../escape", "a/../../b", ".hidden", "a//b", "sp ace", "/abs"] {
-        let result = put(&mut client, cmd(json!({"target": p.target, "asset": bad})), batch.schema(), vec![batch.clone()]).await;
+    for bad in [
+        "../escape",
+        "a/../../b",
+        ".hidden",
+        "a//b",
+        "sp ace",
+        "/abs",
+    ] {
+        let result = put(
+            &mut client,
+            cmd(json!({"target": p.target, "asset": bad})),
+            batch.schema(),
+            vec![batch.clone()],
+        )
+        .await;
         assert_status(result, Code::InvalidArgument, "asset key");
     }
-    let escape = put(&mut client, path(&[p.target, "..", "x"]), batch.schema(), vec![batch.clone()]).await;
+    let escape = put(
+        &mut client,
+        path(&[p.target, "..", "x"]),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await;
     assert_status(escape, Code::InvalidArgument, "'..'");
-    let unknown = put(&mut client, path(&["no-such-target", "x"]), batch.schema(), vec![batch]).await;
+    let unknown = put(
+        &mut client,
+        path(&["no-such-target", "x"]),
+        batch.schema(),
+        vec![batch],
+    )
+    .await;
     assert_status(unknown, Code::NotFound, "unknown target 'no-such-target'");
     assert!(
         server.files().iter().all(|f| !f.contains("escape")),
@@ -440,23 +791,39 @@ async fn unsupported_modes_are_refused(server: &TestServer, p: &Profile) {
             vec![batch.clone()],
         )
         .await;
-        assert_status(result, Code::FailedPrecondition, &format!("does not support mode '{mode}'"));
+        assert_status(
+            result,
+            Code::FailedPrecondition,
+            &format!("does not support mode '{mode}'"),
+        );
     }
 }
 
 async fn idempotent_puts_replay(server: &TestServer, p: &Profile) {
     let mut client = server.client().await;
     let asset = "idempotent/run";
-    let descriptor = || cmd(json!({"target": p.target, "asset": asset, "idempotency_key": "run-42"}));
+    let descriptor =
+        || cmd(json!({"target": p.target, "asset": asset, "idempotency_key": "run-42"}));
     let first = numbered(1, 10);
-    let a = put(&mut client, descriptor(), first.schema(), vec![first]).await.unwrap();
+    let a = put(&mut client, descriptor(), first.schema(), vec![first])
+        .await
+        .unwrap();
     assert_eq!(a["replayed"], false);
     let second = numbered(2, 99);
-    let b = put(&mut client, descriptor(), second.schema(), vec![second]).await.unwrap();
+    let b = put(&mut client, descriptor(), second.schema(), vec![second])
+        .await
+        .unwrap();
     assert_eq!(b["replayed"], true);
-    assert_eq!((b["version"].clone(), b["rows"].clone()), (a["version"].clone(), a["rows"].clone()));
+    assert_eq!(
+        (b["version"].clone(), b["rows"].clone()),
+        (a["version"].clone(), a["rows"].clone())
+    );
     let got = read_all(&mut client, p.target, asset).await;
-    assert_eq!((tags(&got), rows(&got)), (vec![1], 10), "a replay writes nothing");
+    assert_eq!(
+        (tags(&got), rows(&got)),
+        (vec![1], 10),
+        "a replay writes nothing"
+    );
 }
 
 async fn concurrent_writers_serialize(server: &TestServer, p: &Profile) {
@@ -486,16 +853,35 @@ async fn projection_and_versions(server: &TestServer, p: &Profile) {
     let mut client = server.client().await;
     let asset = "projection/asset";
     put_numbered(&mut client, p.target, asset, 7, 3).await;
-    let (schema, got) = get(&mut client, json!({"target": p.target, "asset": asset, "columns": ["tag"]})).await.unwrap();
+    let (schema, got) = get(
+        &mut client,
+        json!({"target": p.target, "asset": asset, "columns": ["tag"]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(schema.fields().len(), 1);
     assert_eq!(schema.field(0).name(), "tag");
     assert_eq!(tags(&got), [7]);
-    let unknown = get(&mut client, json!({"target": p.target, "asset": asset, "columns": ["nope"]})).await;
+    let unknown = get(
+        &mut client,
+        json!({"target": p.target, "asset": asset, "columns": ["nope"]}),
+    )
+    .await;
     assert_status(unknown, Code::InvalidArgument, "column 'nope'");
     // The ticket GetFlightInfo hands out pins the version it describes.
-    let info = client.get_flight_info(path(&[p.target, "projection", "asset"])).await.unwrap();
+    let info = client
+        .get_flight_info(path(&[p.target, "projection", "asset"]))
+        .await
+        .unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
-    assert_eq!(tags(&get_ticket(&mut client, ticket.clone()).await.unwrap().1), [7]);
+    assert_eq!(
+        tags(&get_ticket(&mut client, ticket.clone()).await.unwrap().1),
+        [7]
+    );
     put_numbered(&mut client, p.target, asset, 8, 3).await;
-    assert_status(get_ticket(&mut client, ticket).await, Code::FailedPrecondition, "GetFlightInfo");
+    assert_status(
+        get_ticket(&mut client, ticket).await,
+        Code::FailedPrecondition,
+        "GetFlightInfo",
+    );
 }

@@ -60,7 +60,8 @@ class Server:
         raise RuntimeError(f"quiver did not start listening: {self.logs()}")
 
     def logs(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return (self.cwd / "quiver.log").read_text(errors="replace")
 
     def stop(self) -> int:

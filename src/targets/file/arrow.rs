@@ -72,8 +72,10 @@ impl Format for ArrowFormat {
             .try_with_compression(self.compression)
             .map_err(|e| Error::config(format!("arrow target compression: {e}")))?
             .with_dictionary_handling(DictionaryHandling::Delta);
-        let writer = FileWriter::try_new_with_options(out, &schema, write_options)
-            .map_err(|e| Error::invalid_data(format!("cannot write this schema as Arrow IPC: {e}")))?;
+        let writer =
+            FileWriter::try_new_with_options(out, &schema, write_options).map_err(|e| {
+                Error::invalid_data(format!("cannot write this schema as Arrow IPC: {e}"))
+            })?;
         Ok(Box::new(ArrowEncoder { writer }))
     }
 
@@ -92,7 +94,10 @@ impl Format for ArrowFormat {
             return Err(bad("the file is truncated"));
         }
         let head = object.bytes(0..size.min(MAX_HEADER_LEN)).await?;
-        let padding = head[MAGIC_LEN as usize..].iter().take_while(|b| **b == 0).count() as u64;
+        let padding = head[MAGIC_LEN as usize..]
+            .iter()
+            .take_while(|b| **b == 0)
+            .count() as u64;
         let start = MAGIC_LEN + padding;
         let trailer = object.bytes(size - TRAILER_LEN..size).await?;
         let footer_len = i32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
@@ -113,12 +118,13 @@ impl Format for ArrowFormat {
                 while !buffer.is_empty() {
                     match decoder.decode(&mut buffer) {
                         Ok(Some(batch)) => {
-                            let batch = batch
-                                .with_schema(schema.clone())
-                                .and_then(|b| match &projection {
-                                    Some(p) => b.project(p),
-                                    None => Ok(b),
-                                });
+                            let batch =
+                                batch
+                                    .with_schema(schema.clone())
+                                    .and_then(|b| match &projection {
+                                        Some(p) => b.project(p),
+                                        None => Ok(b),
+                                    });
                             match batch {
                                 Ok(batch) => tx.send(Ok(batch)).await?,
                                 Err(e) => return tx.send(fail(e)).await,

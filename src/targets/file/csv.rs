@@ -9,8 +9,8 @@ use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 
 use super::{
-    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream,
-    refuse_options, restore_types, text_dictionary_ok, wire_schema,
+    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream, refuse_options,
+    restore_types, text_dictionary_ok, wire_schema,
 };
 use crate::error::{Error, Result};
 use crate::protocol::Options;
@@ -109,9 +109,27 @@ fn wire_type(data_type: &DataType) -> Option<DataType> {
 fn supported(data_type: &DataType) -> bool {
     use DataType::*;
     match data_type {
-        Null | Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
-        | Float32 | Float64 | Utf8 | LargeUtf8 | Date32 | Date64 | Time32(_) | Time64(_)
-        | Timestamp(_, _) | Decimal128(_, _) | Decimal256(_, _) => true,
+        Null
+        | Boolean
+        | Int8
+        | Int16
+        | Int32
+        | Int64
+        | UInt8
+        | UInt16
+        | UInt32
+        | UInt64
+        | Float32
+        | Float64
+        | Utf8
+        | LargeUtf8
+        | Date32
+        | Date64
+        | Time32(_)
+        | Time64(_)
+        | Timestamp(_, _)
+        | Decimal128(_, _)
+        | Decimal256(_, _) => true,
         Dictionary(_, value) => supported(value),
         _ => false,
     }
@@ -154,8 +172,16 @@ impl Encoder for CsvEncoder {
 
 fn holds_null_marker(array: &ArrayRef) -> bool {
     match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().flatten().any(|s| s == NULL_MARKER),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().flatten().any(|s| s == NULL_MARKER),
+        DataType::Utf8 => array
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .any(|s| s == NULL_MARKER),
+        DataType::LargeUtf8 => array
+            .as_string::<i64>()
+            .iter()
+            .flatten()
+            .any(|s| s == NULL_MARKER),
         DataType::Dictionary(_, _) => array
             .as_any_dictionary_opt()
             .is_some_and(|d| holds_null_marker(d.values())),

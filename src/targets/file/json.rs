@@ -8,8 +8,8 @@ use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 
 use super::{
-    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream,
-    refuse_options, restore_types, text_dictionary_ok, wire_schema,
+    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream, refuse_options,
+    restore_types, text_dictionary_ok, wire_schema,
 };
 use crate::error::{Error, Result};
 use crate::protocol::Options;
@@ -84,10 +84,31 @@ fn wire_type(data_type: &DataType) -> Option<DataType> {
 fn supported(data_type: &DataType) -> bool {
     use DataType::*;
     match data_type {
-        Null | Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
-        | Float16 | Float32 | Float64 | Utf8 | LargeUtf8 | Binary | LargeBinary | Date32
-        | Date64 | Time32(_) | Time64(_) | Timestamp(_, _) | Decimal128(_, _)
-        | Decimal256(_, _) | Duration(_) => true,
+        Null
+        | Boolean
+        | Int8
+        | Int16
+        | Int32
+        | Int64
+        | UInt8
+        | UInt16
+        | UInt32
+        | UInt64
+        | Float16
+        | Float32
+        | Float64
+        | Utf8
+        | LargeUtf8
+        | Binary
+        | LargeBinary
+        | Date32
+        | Date64
+        | Time32(_)
+        | Time64(_)
+        | Timestamp(_, _)
+        | Decimal128(_, _)
+        | Decimal256(_, _)
+        | Duration(_) => true,
         Dictionary(_, value) => supported(value),
         List(f) | LargeList(f) => supported(f.data_type()),
         Struct(fields) => fields.iter().all(|f| supported(f.data_type())),
@@ -137,7 +158,11 @@ fn first_non_finite(array: &ArrayRef) -> Option<String> {
         }
         DataType::List(_) => first_non_finite(array.as_list::<i32>().values()),
         DataType::LargeList(_) => first_non_finite(array.as_list::<i64>().values()),
-        DataType::Struct(_) => array.as_struct().columns().iter().find_map(first_non_finite),
+        DataType::Struct(_) => array
+            .as_struct()
+            .columns()
+            .iter()
+            .find_map(first_non_finite),
         _ => None,
     }
 }

@@ -152,7 +152,10 @@ impl PinnedObject {
     pub(crate) async fn bytes(&self, range: Range<u64>) -> Result<Bytes> {
         let result = self
             .store
-            .get_opts(&self.meta.location, self.options(Some(GetRange::Bounded(range))))
+            .get_opts(
+                &self.meta.location,
+                self.options(Some(GetRange::Bounded(range))),
+            )
             .await
             .map_err(|e| self.map_err(e))?;
         result.bytes().await.map_err(|e| self.map_err(e))
@@ -189,7 +192,9 @@ impl FileTarget {
 
     fn new(name: &str, root: Option<&str>, format: Arc<dyn Format>) -> Result<Self> {
         let root = root.ok_or_else(|| {
-            Error::config(format!("[targets.{name}] has no root; set root = \"<dir or URL>\""))
+            Error::config(format!(
+                "[targets.{name}] has no root; set root = \"<dir or URL>\""
+            ))
         })?;
         let (store, root_url) = open_store(name, root)?;
         Ok(Self {
@@ -209,7 +214,8 @@ impl FileTarget {
                 parts.push(format!("{last}.{ext}"));
             }
             Some(p) => {
-                let mut segs: Vec<String> = p.path_segments().iter().map(|s| s.to_string()).collect();
+                let mut segs: Vec<String> =
+                    p.path_segments().iter().map(|s| s.to_string()).collect();
                 let last = segs.pop().expect("a partition has a segment");
                 parts.extend(segs);
                 parts.push(format!("{last}.{ext}"));
@@ -224,7 +230,9 @@ impl FileTarget {
             object_store::Error::NotFound { .. } => Error::failed_precondition(format!(
                 "the catalog lists asset '{asset}'{} in target '{}' but its file {} is missing; \
                  write the asset again or delete it",
-                partition.map(|p| format!(" partition '{p}'")).unwrap_or_default(),
+                partition
+                    .map(|p| format!(" partition '{p}'"))
+                    .unwrap_or_default(),
                 self.name,
                 self.location(asset, partition)
             )),
@@ -261,9 +269,9 @@ fn open_store(name: &str, root: &str) -> Result<(Arc<dyn ObjectStore>, String)> 
             dir.display()
         ))
     })?;
-    let dir = dir.canonicalize().map_err(|e| {
-        Error::config(format!("[targets.{name}] root {}: {e}", dir.display()))
-    })?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| Error::config(format!("[targets.{name}] root {}: {e}", dir.display())))?;
     let store = LocalFileSystem::new_with_prefix(&dir)
         .map_err(|e| Error::config(format!("[targets.{name}] root {}: {e}", dir.display())))?;
     Ok((Arc::new(store), format!("file://{}", dir.display())))
@@ -340,7 +348,10 @@ impl Target for FileTarget {
         let paths: Vec<Path> = if partitions.is_empty() {
             vec![self.path(asset, None)]
         } else {
-            partitions.iter().map(|p| self.path(asset, Some(p))).collect()
+            partitions
+                .iter()
+                .map(|p| self.path(asset, Some(p)))
+                .collect()
         };
         for path in paths {
             match self.store.delete(&path).await {
@@ -395,10 +406,9 @@ impl FileWriter {
         let bytes = self.buffer.take();
         if !bytes.is_empty() {
             self.bytes += bytes.len() as u64;
-            self.sink
-                .put(Bytes::from(bytes))
-                .await
-                .map_err(|e| Error::storage(&self.target, format!("writing {}", self.location), e))?;
+            self.sink.put(Bytes::from(bytes)).await.map_err(|e| {
+                Error::storage(&self.target, format!("writing {}", self.location), e)
+            })?;
         }
         Ok(())
     }
@@ -413,10 +423,9 @@ impl AssetWriter for FileWriter {
 
     async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
         self.encode(|encoder| encoder.finish()).await?;
-        self.sink
-            .shutdown()
-            .await
-            .map_err(|e| Error::storage(&self.target, format!("completing {}", self.location), e))?;
+        self.sink.shutdown().await.map_err(|e| {
+            Error::storage(&self.target, format!("completing {}", self.location), e)
+        })?;
         Ok(WriteSummary {
             rows: self.rows,
             bytes: self.bytes,
@@ -486,7 +495,11 @@ where
             }
             let consumed = match decoder.decode(&buffered) {
                 Ok(n) => n,
-                Err(e) => return tx.send(Err(Error::format(&target, "decode a stored file", e))).await,
+                Err(e) => {
+                    return tx
+                        .send(Err(Error::format(&target, "decode a stored file", e)))
+                        .await;
+                }
             };
             buffered = buffered.slice(consumed..);
             if !buffered.is_empty() {
@@ -504,7 +517,10 @@ where
         match decoder.flush() {
             Ok(Some(batch)) => tx.send(finish(batch)).await,
             Ok(None) => Ok(()),
-            Err(e) => tx.send(Err(Error::format(&target, "decode a stored file", e))).await,
+            Err(e) => {
+                tx.send(Err(Error::format(&target, "decode a stored file", e)))
+                    .await
+            }
         }
     });
     Box::pin(stream)
@@ -517,7 +533,9 @@ pub(crate) trait TextDecoder {
 }
 
 /// A minimal channel-backed stream generator, so decoding loops read top-down.
-pub(crate) fn async_stream_batches<F, Fut>(body: F) -> impl futures::Stream<Item = Result<RecordBatch>>
+pub(crate) fn async_stream_batches<F, Fut>(
+    body: F,
+) -> impl futures::Stream<Item = Result<RecordBatch>>
 where
     F: FnOnce(Sender) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), Closed>> + Send + 'static,

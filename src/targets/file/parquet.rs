@@ -96,8 +96,10 @@ impl Format for ParquetFormat {
         options: &Options,
     ) -> Result<Box<dyn Encoder>> {
         refuse_options("parquet", options, &[])?;
-        let writer = ArrowWriter::try_new(out, schema, Some(self.properties.clone()))
-            .map_err(|e| Error::invalid_data(format!("cannot write this schema as Parquet: {e}")))?;
+        let writer =
+            ArrowWriter::try_new(out, schema, Some(self.properties.clone())).map_err(|e| {
+                Error::invalid_data(format!("cannot write this schema as Parquet: {e}"))
+            })?;
         Ok(Box::new(ParquetEncoder {
             writer: Some(writer),
         }))
