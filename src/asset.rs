@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// Longest asset key accepted, in bytes of its `a/b/c` form.
@@ -233,6 +235,63 @@ impl Partition {
         match self {
             Self::Single(key) => serde_json::Value::String(key.clone()),
             Self::Multi(dims) => serde_json::to_value(dims).expect("a map of strings"),
+        }
+    }
+}
+
+/// The columns that hold an asset's partition keys in table targets: one column for
+/// single-key partitions, one per dimension for multi-dimensional ones (Dagster's
+/// `partition_expr`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PartitionColumns {
+    Single(String),
+    PerDimension(BTreeMap<String, String>),
+}
+
+impl PartitionColumns {
+    /// Every column named.
+    pub fn columns(&self) -> Vec<&str> {
+        match self {
+            Self::Single(c) => vec![c.as_str()],
+            Self::PerDimension(m) => m.values().map(String::as_str).collect(),
+        }
+    }
+
+    /// Checks that these columns fit the shape of `partition`.
+    pub fn check(&self, partition: &Partition) -> Result<()> {
+        match (self, partition) {
+            (Self::Single(_), Partition::Single(_)) => Ok(()),
+            (Self::PerDimension(cols), Partition::Multi(dims)) if cols.keys().eq(dims.keys()) => {
+                Ok(())
+            }
+            (Self::PerDimension(cols), Partition::Multi(dims)) => {
+                Err(Error::invalid_request(format!(
+                    "\"partition_column\" names dimensions {:?} but the partition has dimensions {:?}; \
+                 give one column per dimension",
+                    cols.keys().collect::<Vec<_>>(),
+                    dims.keys().collect::<Vec<_>>()
+                )))
+            }
+            (Self::Single(c), Partition::Multi(_)) => Err(Error::invalid_request(format!(
+                "the partition has several dimensions but \"partition_column\" is the single column '{c}'; \
+                 give an object mapping each dimension to its column, e.g. {{\"date\": \"day\", \"region\": \"region\"}}"
+            ))),
+            (Self::PerDimension(_), Partition::Single(_)) => Err(Error::invalid_request(
+                "\"partition_column\" is an object but the partition is a single key; give one column name",
+            )),
+        }
+    }
+
+    /// `(column, key)` pairs selecting `partition`'s rows; call [`PartitionColumns::check`] first.
+    pub fn filter<'a>(&'a self, partition: &'a Partition) -> Vec<(&'a str, &'a str)> {
+        match (self, partition) {
+            (Self::Single(c), Partition::Single(key)) => vec![(c.as_str(), key.as_str())],
+            (Self::PerDimension(cols), Partition::Multi(dims)) => cols
+                .iter()
+                .filter_map(|(d, c)| dims.get(d).map(|k| (c.as_str(), k.as_str())))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 }

@@ -33,8 +33,8 @@ pub struct Config {
     pub catalog: CatalogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Named targets. When absent, the built-in `parquet`, `json`, `csv` and `arrow` targets
-    /// are enabled under `data_dir`. When present, exactly these targets exist.
+    /// Named targets. When absent, the built-in `parquet`, `json`, `csv`, `arrow` and `duckdb`
+    /// targets are enabled under `data_dir`. When present, exactly these targets exist.
     #[serde(default)]
     pub targets: Option<BTreeMap<String, TargetConfig>>,
 }
@@ -96,6 +96,7 @@ pub enum TargetConfig {
     Json(FileConfig),
     Csv(FileConfig),
     Arrow(ArrowConfig),
+    Duckdb(DuckDbConfig),
 }
 
 impl TargetConfig {
@@ -105,14 +106,30 @@ impl TargetConfig {
             Self::Json(_) => "json",
             Self::Csv(_) => "csv",
             Self::Arrow(_) => "arrow",
+            Self::Duckdb(_) => "duckdb",
         }
     }
 
-    fn root_mut(&mut self) -> &mut Option<String> {
-        match self {
+    /// Fills in the default storage location under `data_dir`.
+    fn default_location(&mut self, data_dir: &Path, name: &str) {
+        let root = match self {
             Self::Parquet(c) => &mut c.root,
             Self::Json(c) | Self::Csv(c) => &mut c.root,
             Self::Arrow(c) => &mut c.root,
+            Self::Duckdb(c) => {
+                if c.path.is_none() {
+                    let file = if name == "duckdb" {
+                        "quiver.duckdb".to_string()
+                    } else {
+                        format!("{name}.duckdb")
+                    };
+                    c.path = Some(data_dir.join(file));
+                }
+                return;
+            }
+        };
+        if root.is_none() {
+            *root = Some(data_dir.join(name).to_string_lossy().into_owned());
         }
     }
 }
@@ -184,6 +201,19 @@ fn default_ipc_compression() -> String {
     "none".to_string()
 }
 
+/// DuckDB target settings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DuckDbConfig {
+    /// Database file. Default: `<data_dir>/quiver.duckdb` for the target named `duckdb`,
+    /// `<data_dir>/<name>.duckdb` for others.
+    pub path: Option<PathBuf>,
+    /// DuckDB worker threads; DuckDB's default (all cores) when absent.
+    pub threads: Option<u32>,
+    /// DuckDB memory limit, e.g. "4GB"; DuckDB's default (80% of RAM) when absent.
+    pub memory_limit: Option<String>,
+}
+
 impl Config {
     /// Reads a TOML file; unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -215,13 +245,14 @@ impl Config {
                     "arrow".to_string(),
                     TargetConfig::Arrow(ArrowConfig::default()),
                 ),
+                (
+                    "duckdb".to_string(),
+                    TargetConfig::Duckdb(DuckDbConfig::default()),
+                ),
             ])
         });
         for (name, target) in &mut targets {
-            let root = target.root_mut();
-            if root.is_none() {
-                *root = Some(self.data_dir.join(name).to_string_lossy().into_owned());
-            }
+            target.default_location(&self.data_dir, name);
         }
         targets
     }
@@ -258,6 +289,13 @@ impl Config {
                     crate::targets::file::arrow::compression(&c.compression)
                         .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
                 }
+                TargetConfig::Duckdb(c) => {
+                    if c.threads == Some(0) {
+                        return Err(Error::config(format!(
+                            "[targets.{name}] threads must be at least 1"
+                        )));
+                    }
+                }
                 TargetConfig::Json(_) | TargetConfig::Csv(_) => {}
             }
         }
@@ -270,14 +308,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_file_means_the_four_file_targets_under_data() {
+    fn no_file_means_the_built_in_targets_under_data() {
         let config = Config::default();
         config.validate().unwrap();
         let targets = config.resolved_targets();
         assert_eq!(
             targets.keys().collect::<Vec<_>>(),
-            ["arrow", "csv", "json", "parquet"]
+            ["arrow", "csv", "duckdb", "json", "parquet"]
         );
+        let TargetConfig::Duckdb(d) = &targets["duckdb"] else {
+            panic!("duckdb target has kind {}", targets["duckdb"].kind());
+        };
+        assert_eq!(d.path.as_deref(), Some(Path::new("./data/quiver.duckdb")));
         let TargetConfig::Parquet(p) = &targets["parquet"] else {
             panic!("parquet target has kind {}", targets["parquet"].kind());
         };

@@ -94,6 +94,10 @@ pub enum Error {
     /// A bug or an unexpected runtime failure (a panicked task, say).
     #[error("internal error: {message}")]
     Internal { message: String },
+
+    /// An error a server reported to the client commands.
+    #[error("{message} ({code:?})")]
+    Remote { code: tonic::Code, message: String },
 }
 
 fn partition_suffix(partition: &Option<String>) -> String {
@@ -186,6 +190,7 @@ impl Error {
             Self::Cancelled { .. } => Code::Cancelled,
             Self::Storage { .. } | Self::Catalog { .. } => Code::Unavailable,
             Self::Format { .. } | Self::Config { .. } | Self::Internal { .. } => Code::Internal,
+            Self::Remote { code, .. } => *code,
         }
     }
 }

@@ -9,7 +9,7 @@ use arrow_flight::flight_descriptor::DescriptorType;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::asset::{AssetKey, Partition};
+use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
 
 /// The protobuf messages of `proto/quiver/v1/quiver.proto`.
@@ -55,7 +55,7 @@ pub struct AssetCommand {
     pub asset: AssetKey,
     pub mode: Mode,
     pub partition: Option<Partition>,
-    pub partition_column: Option<String>,
+    pub partition_column: Option<PartitionColumns>,
     pub key: Vec<String>,
     pub idempotency_key: Option<String>,
     pub options: Options,
@@ -160,7 +160,7 @@ struct JsonCommand {
     #[serde(default)]
     partition: Option<JsonPartition>,
     #[serde(default)]
-    partition_column: Option<String>,
+    partition_column: Option<PartitionColumns>,
     #[serde(default)]
     key: Vec<String>,
     #[serde(default)]
@@ -273,7 +273,18 @@ pub fn parse_command(cmd: &[u8]) -> Result<AssetCommand> {
         asset: AssetKey::new(&pb.asset)?,
         mode,
         partition: pb.partition.map(partition_from_pb).transpose()?,
-        partition_column: pb.partition_column,
+        partition_column: match (pb.partition_column, pb.partition_columns.is_empty()) {
+            (Some(column), true) => Some(PartitionColumns::Single(column)),
+            (None, false) => Some(PartitionColumns::PerDimension(
+                pb.partition_columns.into_iter().collect(),
+            )),
+            (None, true) => None,
+            (Some(_), false) => {
+                return Err(Error::invalid_request(
+                    "quiver.v1.AssetCommand sets both partition_column and partition_columns; set one",
+                ));
+            }
+        },
         key: pb.key,
         idempotency_key: pb.idempotency_key,
         options: pb
@@ -291,13 +302,17 @@ fn finish_command(cmd: AssetCommand) -> Result<AssetCommand> {
             cmd.asset
         )));
     }
-    if let Some(column) = &cmd.partition_column
-        && cmd.partition.is_none()
-    {
-        return Err(Error::invalid_request(format!(
-            "\"partition_column\" '{column}' is set but no \"partition\" is given for asset '{}'",
-            cmd.asset
-        )));
+    if let Some(columns) = &cmd.partition_column {
+        match &cmd.partition {
+            None => {
+                return Err(Error::invalid_request(format!(
+                    "\"partition_column\" {:?} is set but no \"partition\" is given for asset '{}'",
+                    columns.columns(),
+                    cmd.asset
+                )));
+            }
+            Some(partition) => columns.check(partition)?,
+        }
     }
     if let Some(key) = &cmd.idempotency_key
         && (key.is_empty() || key.len() > 256)
@@ -484,7 +499,8 @@ mod tests {
     #[test]
     fn json_and_protobuf_commands_are_equivalent() {
         let json = br#"{"target": "duckdb", "asset": ["analytics", "orders"], "mode": "upsert",
-            "partition": {"date": "2024-01-01", "region": "eu"}, "partition_column": "date",
+            "partition": {"date": "2024-01-01", "region": "eu"},
+            "partition_column": {"date": "day", "region": "region"},
             "key": ["id"], "idempotency_key": "run-1", "options": {"compression": "zstd"}}"#;
         let from_json = parse_command(json).unwrap();
         let pb = pb::AssetCommand {
@@ -492,7 +508,12 @@ mod tests {
             asset: vec!["analytics/orders".into()],
             mode: pb::Mode::Upsert as i32,
             partition: Some(partition_to_pb(from_json.partition.as_ref().unwrap())),
-            partition_column: Some("date".into()),
+            partition_column: None,
+            partition_columns: [
+                ("date".to_string(), "day".to_string()),
+                ("region".to_string(), "region".to_string()),
+            ]
+            .into(),
             key: vec!["id".into()],
             idempotency_key: Some("run-1".into()),
             options: [("compression".to_string(), "zstd".to_string())].into(),

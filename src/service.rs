@@ -29,7 +29,10 @@ use crate::asset::{AssetKey, Partition};
 use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
 use crate::error::{Error, Result};
 use crate::protocol::{self, AssetCommand, AssetTicket, Mode, PutSummary};
-use crate::targets::{AssetWriter, ReadRequest, SendableBatchStream, Targets, WriteRequest};
+use crate::targets::{
+    AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target, Targets,
+    WriteRequest, evolve,
+};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -174,16 +177,48 @@ impl Inner {
             return Ok(previous);
         }
         let existing = self.catalog.get(&cmd.target, &cmd.asset).await?;
-        self.check_against_existing(&cmd, &schema, existing.as_ref())
+        self.check_against_existing(&cmd, target.as_ref(), &schema, existing.as_ref())
             .await?;
+        let partition_column = match (&cmd.partition_column, &existing) {
+            (Some(columns), Some(record))
+                if record
+                    .partition_columns
+                    .as_ref()
+                    .is_some_and(|c| c != columns) =>
+            {
+                return Err(Error::failed_precondition(format!(
+                    "asset '{}' in target '{}' is partitioned on {:?}, not {:?}; delete the asset \
+                     first to partition it differently",
+                    cmd.asset,
+                    cmd.target,
+                    record
+                        .partition_columns
+                        .as_ref()
+                        .map(|c| c.columns())
+                        .unwrap_or_default(),
+                    columns.columns()
+                )));
+            }
+            (Some(columns), _) => Some(columns.clone()),
+            (None, Some(record)) if cmd.partition.is_some() => record.partition_columns.clone(),
+            (None, _) => None,
+        };
+        let evolving = target.schema_policy() == SchemaPolicy::Evolve
+            && (cmd.mode != Mode::Overwrite || cmd.partition.is_some());
+        let schema_after = match &existing {
+            Some(record) if evolving => evolve(&record.schema, &schema, &cmd.asset)?,
+            _ => Arc::clone(&schema),
+        };
 
         let request = WriteRequest {
             asset: cmd.asset.clone(),
             mode: cmd.mode,
             partition: cmd.partition.clone(),
-            partition_column: cmd.partition_column.clone(),
+            partition_column: partition_column.clone(),
             key: cmd.key.clone(),
             options: cmd.options.clone(),
+            schema: Arc::clone(&schema_after),
+            existing: existing.as_ref().map(|r| Arc::clone(&r.schema)),
         };
         let mut writer = target.begin(&request, Arc::clone(&schema)).await?;
         if let Err(e) = pump(&mut decoder, writer.as_mut()).await {
@@ -201,7 +236,7 @@ impl Inner {
             .commit(Commit {
                 target: cmd.target.clone(),
                 asset: cmd.asset.clone(),
-                schema,
+                schema: schema_after,
                 partition: cmd.partition.clone(),
                 mode: cmd.mode,
                 rows: written.rows,
@@ -210,6 +245,8 @@ impl Inner {
                 asset_location: target.location(&cmd.asset, None),
                 duration_ms,
                 idempotency_key: cmd.idempotency_key.clone(),
+                total_rows: written.total_rows,
+                partition_columns: partition_column,
             })
             .await?;
         Span::current().record("rows", written.rows);
@@ -239,6 +276,7 @@ impl Inner {
     async fn check_against_existing(
         &self,
         cmd: &AssetCommand,
+        target: &dyn Target,
         schema: &Schema,
         existing: Option<&AssetRecord>,
     ) -> Result<()> {
@@ -258,7 +296,11 @@ impl Inner {
                 .partitions
                 .iter()
                 .any(|p| Some(&p.partition) != cmd.partition.as_ref());
-            if layout.is_partitioned() && others && !same_fields(&record.schema, schema) {
+            if target.schema_policy() == SchemaPolicy::Exact
+                && layout.is_partitioned()
+                && others
+                && !same_fields(&record.schema, schema)
+            {
                 return Err(Error::failed_precondition(format!(
                     "partition schema differs from the other partitions of asset '{}' in target \
                      '{}': stored {:?}, sent {:?}; every partition of an asset shares one schema",
@@ -270,8 +312,10 @@ impl Inner {
             }
             return Ok(());
         }
-        // A new asset must not nest inside a partitioned asset's directory, nor contain assets.
+        // A new asset must not share storage with another: the same table, or (for files)
+        // a path inside a partitioned asset's directory.
         let name = cmd.asset.to_string();
+        let storage = target.storage_id(&cmd.asset);
         let neighbours = self.catalog.list(Some(&cmd.target), None).await?;
         for other in neighbours {
             let other_name = other.asset.to_string();
@@ -279,10 +323,11 @@ impl Inner {
                 other.layout.is_partitioned() && name.starts_with(&format!("{other_name}/"));
             let holds_others =
                 layout.is_partitioned() && other_name.starts_with(&format!("{name}/"));
-            if inside_partitioned || holds_others {
+            let same_storage = target.storage_id(&other.asset) == storage;
+            if inside_partitioned || holds_others || same_storage {
                 return Err(Error::failed_precondition(format!(
                     "asset '{name}' would share storage with asset '{other_name}' in target '{}' \
-                     (a partitioned asset's partitions live under its name); choose another name",
+                     (the same table, or a file under a partitioned asset's directory); choose another name",
                     cmd.target
                 )));
             }
@@ -330,6 +375,7 @@ impl Inner {
                 schema: Arc::clone(&record.schema),
                 partitions,
                 projection,
+                partition_columns: record.partition_columns.clone(),
             })
             .await?;
         // Batches carry exactly the recorded schema, metadata included, whatever the reader
@@ -449,16 +495,20 @@ impl Inner {
                 vec![p.clone()]
             }
         };
-        let catalog_partitions = if action.partition.is_some() {
-            partitions.clone()
-        } else {
-            Vec::new()
-        };
+        let whole = action.partition.is_none();
         // The catalog goes first: once it forgets the data, no reader can open it.
+        let forget: &[Partition] = if whole { &[] } else { &partitions };
         self.catalog
-            .delete(&action.target, &action.asset, &catalog_partitions)
+            .delete(&action.target, &action.asset, forget)
             .await?;
-        target.delete(&action.asset, &partitions).await?;
+        target
+            .delete(&DeleteRequest {
+                asset: action.asset.clone(),
+                whole,
+                partitions,
+                partition_columns: record.partition_columns.clone(),
+            })
+            .await?;
         info!(target = %action.target, asset = %action.asset, "deleted");
         Ok(json!({
             "deleted": action.asset.to_string(),
@@ -548,7 +598,12 @@ fn check_columns(cmd: &AssetCommand, schema: &Schema) -> Result<()> {
                 .join(", ")
         ))
     };
-    for column in cmd.key.iter().chain(cmd.partition_column.iter()) {
+    let partition_columns = cmd
+        .partition_column
+        .as_ref()
+        .map(|p| p.columns())
+        .unwrap_or_default();
+    for column in cmd.key.iter().map(String::as_str).chain(partition_columns) {
         if schema.field_with_name(column).is_err() {
             return Err(missing(column));
         }

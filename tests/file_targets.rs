@@ -9,6 +9,7 @@ use conformance::{Profile, run};
 async fn parquet_conforms() {
     run(&Profile {
         target: "parquet",
+        extension: Some("parquet"),
         refuses: &[],
         extra_modes: &[],
     })
@@ -19,6 +20,7 @@ async fn parquet_conforms() {
 async fn arrow_conforms() {
     run(&Profile {
         target: "arrow",
+        extension: Some("arrow"),
         refuses: &[],
         extra_modes: &[],
     })
@@ -29,6 +31,7 @@ async fn arrow_conforms() {
 async fn json_conforms() {
     run(&Profile {
         target: "json",
+        extension: Some("json"),
         refuses: &[],
         extra_modes: &[],
     })
@@ -39,6 +42,7 @@ async fn json_conforms() {
 async fn csv_conforms() {
     run(&Profile {
         target: "csv",
+        extension: Some("csv"),
         refuses: &["binary", "list", "struct"],
         extra_modes: &[],
     })

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::asset::{AssetKey, Partition};
+use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, PutSummary};
 
@@ -104,6 +104,8 @@ pub struct AssetRecord {
     pub updated_at: DateTime<Utc>,
     /// Sorted by partition id; empty for unpartitioned assets.
     pub partitions: Vec<PartitionRecord>,
+    /// For table targets: the columns holding partition keys.
+    pub partition_columns: Option<PartitionColumns>,
 }
 
 /// One entry of an asset's history.
@@ -136,6 +138,9 @@ pub struct Commit {
     pub location: String,
     /// Location of the whole asset.
     pub asset_location: String,
+    /// Rows in the whole asset after the commit, when the target counted them.
+    pub total_rows: Option<u64>,
+    pub partition_columns: Option<PartitionColumns>,
     pub duration_ms: u64,
     pub idempotency_key: Option<String>,
 }

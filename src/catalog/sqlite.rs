@@ -11,7 +11,7 @@ use super::{
     AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, decode_schema,
     encode_schema,
 };
-use crate::asset::{AssetKey, Partition};
+use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, PutSummary};
 
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS assets (
     location    TEXT    NOT NULL,
     created_at  TEXT    NOT NULL,
     updated_at  TEXT    NOT NULL,
+    partition_columns TEXT,
     PRIMARY KEY (target, asset)
 );
 CREATE TABLE IF NOT EXISTS partitions (
@@ -133,7 +134,8 @@ fn parse_mode(text: &str) -> Result<Mode> {
 fn load(conn: &Connection, target: &str, asset: &str) -> Result<Option<AssetRecord>> {
     let row = conn
         .query_row(
-            "SELECT schema, layout, version, rows, bytes, location, created_at, updated_at
+            "SELECT schema, layout, version, rows, bytes, location, created_at, updated_at,
+                    partition_columns
              FROM assets WHERE target = ?1 AND asset = ?2",
             params![target, asset],
             |r| {
@@ -146,14 +148,20 @@ fn load(conn: &Connection, target: &str, asset: &str) -> Result<Option<AssetReco
                     r.get::<_, String>(5)?,
                     r.get::<_, String>(6)?,
                     r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             },
         )
         .optional()
         .map_err(db_err("reading an asset"))?;
-    let Some((schema, layout, version, rows, bytes, location, created, updated)) = row else {
+    let Some((schema, layout, version, rows, bytes, location, created, updated, columns)) = row
+    else {
         return Ok(None);
     };
+    let partition_columns = columns
+        .map(|text| serde_json::from_str::<PartitionColumns>(&text))
+        .transpose()
+        .map_err(|e| Error::catalog("reading partition columns", e))?;
     let mut stmt = conn
         .prepare_cached(
             "SELECT partition, rows, bytes, location, version, updated_at FROM partitions
@@ -197,6 +205,7 @@ fn load(conn: &Connection, target: &str, asset: &str) -> Result<Option<AssetReco
         created_at: parse_time(&created)?,
         updated_at: parse_time(&updated)?,
         partitions,
+        partition_columns,
     }))
 }
 
@@ -214,6 +223,20 @@ fn record_commit(tx: &Transaction<'_>, c: &Commit) -> Result<u64> {
     let version = previous.map_or(1, |(v, _, _)| v + 1);
     let (rows, bytes) = match &c.partition {
         Some(partition) => {
+            let (part_rows, part_bytes) = if c.mode == Mode::Overwrite {
+                (c.rows as i64, c.bytes as i64)
+            } else {
+                let before: Option<(i64, i64)> = tx
+                    .query_row(
+                        "SELECT rows, bytes FROM partitions WHERE target = ?1 AND asset = ?2 AND partition = ?3",
+                        params![c.target, asset, partition.id()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_err("reading a partition"))?;
+                let (r, b) = before.unwrap_or((0, 0));
+                (r + c.rows as i64, b + c.bytes as i64)
+            };
             tx.execute(
                 "INSERT INTO partitions (target, asset, partition, rows, bytes, location, version, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -224,8 +247,8 @@ fn record_commit(tx: &Transaction<'_>, c: &Commit) -> Result<u64> {
                     c.target,
                     asset,
                     partition.id(),
-                    c.rows as i64,
-                    c.bytes as i64,
+                    part_rows,
+                    part_bytes,
                     c.location,
                     version,
                     at
@@ -240,19 +263,25 @@ fn record_commit(tx: &Transaction<'_>, c: &Commit) -> Result<u64> {
             .map_err(db_err("summing partitions"))?
         }
         None => match (c.mode, previous) {
-            (Mode::Append, Some((_, rows, bytes))) => {
-                (rows + c.rows as i64, bytes + c.bytes as i64)
-            }
-            _ => (c.rows as i64, c.bytes as i64),
+            (Mode::Overwrite, _) | (_, None) => (c.rows as i64, c.bytes as i64),
+            (_, Some((_, rows, bytes))) => (rows + c.rows as i64, bytes + c.bytes as i64),
         },
     };
+    // A table target counts its rows itself: upserts replace rather than add.
+    let rows = c.total_rows.map_or(rows, |total| total as i64);
+    let columns = c
+        .partition_columns
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| Error::catalog("recording partition columns", e))?;
     tx.execute(
-        "INSERT INTO assets (target, asset, schema, layout, version, rows, bytes, location, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+        "INSERT INTO assets (target, asset, schema, layout, version, rows, bytes, location, created_at, updated_at, partition_columns)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
          ON CONFLICT (target, asset) DO UPDATE SET
             schema = excluded.schema, layout = excluded.layout, version = excluded.version,
             rows = excluded.rows, bytes = excluded.bytes, location = excluded.location,
-            updated_at = excluded.updated_at",
+            updated_at = excluded.updated_at, partition_columns = excluded.partition_columns",
         params![
             c.target,
             asset,
@@ -262,7 +291,8 @@ fn record_commit(tx: &Transaction<'_>, c: &Commit) -> Result<u64> {
             rows,
             bytes,
             c.asset_location,
-            at
+            at,
+            columns
         ],
     )
     .map_err(db_err("recording an asset"))?;

@@ -6,6 +6,7 @@
 //! which a reader can see the new data) or [`AssetWriter::abort`]. A writer that is dropped
 //! without either leaves nothing visible.
 
+pub mod duckdb;
 pub mod file;
 
 use std::collections::BTreeMap;
@@ -13,11 +14,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use arrow_schema::{Schema, SchemaRef};
 use async_trait::async_trait;
 use futures::Stream;
 
-use crate::asset::{AssetKey, Partition};
+use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
@@ -31,9 +32,14 @@ pub struct WriteRequest {
     pub asset: AssetKey,
     pub mode: Mode,
     pub partition: Option<Partition>,
-    pub partition_column: Option<String>,
+    pub partition_column: Option<PartitionColumns>,
     pub key: Vec<String>,
     pub options: Options,
+    /// The asset's schema once this put commits: the incoming schema, or for a target that
+    /// evolves its schema, the stored schema plus the put's new columns.
+    pub schema: SchemaRef,
+    /// The asset's schema before this put; `None` for a new asset.
+    pub existing: Option<SchemaRef>,
 }
 
 /// What a committed write stored.
@@ -44,6 +50,30 @@ pub struct WriteSummary {
     pub bytes: u64,
     /// Where the data lives, e.g. `file:///data/parquet/sales/daily.parquet`.
     pub location: String,
+    /// Rows in the whole asset after the commit, when the target counts them (tables).
+    pub total_rows: Option<u64>,
+}
+
+/// How a target treats the schema of later puts to an existing asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaPolicy {
+    /// Each put stores exactly its own schema; every partition of an asset shares one (files).
+    Exact,
+    /// Appends, upserts and partition replaces may add nullable columns; a type change or a
+    /// missing NOT NULL column is refused; an unpartitioned overwrite replaces the schema
+    /// (tables).
+    Evolve,
+}
+
+/// What a delete removes.
+#[derive(Debug, Clone)]
+pub struct DeleteRequest {
+    pub asset: AssetKey,
+    /// The whole asset goes; `partitions` then lists all of its partitions.
+    pub whole: bool,
+    /// The partitions to remove; empty for an unpartitioned asset.
+    pub partitions: Vec<Partition>,
+    pub partition_columns: Option<PartitionColumns>,
 }
 
 /// What a reader is asked for.
@@ -56,6 +86,8 @@ pub struct ReadRequest {
     pub partitions: Option<Vec<Partition>>,
     /// Column indices into `schema`; `None` reads every column.
     pub projection: Option<Vec<usize>>,
+    /// For table targets: the columns holding partition keys.
+    pub partition_columns: Option<PartitionColumns>,
 }
 
 #[async_trait]
@@ -68,13 +100,21 @@ pub trait Target: Send + Sync + 'static {
     fn modes(&self) -> &'static [Mode];
     /// Where an asset (or one partition of it) is stored, for display.
     fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String;
+    /// How later puts may change an asset's schema.
+    fn schema_policy(&self) -> SchemaPolicy {
+        SchemaPolicy::Exact
+    }
+    /// Two assets with the same storage id would overwrite each other's data.
+    fn storage_id(&self, asset: &AssetKey) -> String {
+        self.location(asset, None)
+    }
     /// Starts a write. Fails before any data moves if the schema or request cannot be stored.
     async fn begin(&self, req: &WriteRequest, schema: SchemaRef) -> Result<Box<dyn AssetWriter>>;
     /// Opens a committed asset for reading. Implementations pin the version they open here,
     /// so a commit that lands while the stream is consumed cannot mix two versions.
     async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream>;
-    /// Removes an asset (every partition) or one partition of it.
-    async fn delete(&self, asset: &AssetKey, partitions: &[Partition]) -> Result<()>;
+    /// Removes an asset (every partition) or some partitions of it.
+    async fn delete(&self, req: &DeleteRequest) -> Result<()>;
     /// Checks that the storage behind the target is reachable.
     async fn healthcheck(&self) -> Result<()>;
 }
@@ -104,6 +144,7 @@ impl Targets {
                 TargetConfig::Json(c) => Arc::new(file::FileTarget::json(name, c)?),
                 TargetConfig::Csv(c) => Arc::new(file::FileTarget::csv(name, c)?),
                 TargetConfig::Arrow(c) => Arc::new(file::FileTarget::arrow(name, c)?),
+                TargetConfig::Duckdb(c) => Arc::new(duckdb::DuckDbTarget::open(name, c)?),
             };
             by_name.insert(name.clone(), target);
         }
@@ -132,4 +173,46 @@ impl Targets {
             .map(|t| t.name().to_string())
             .collect()
     }
+}
+
+/// The schema an evolving table has after a put of `incoming`: the stored columns, then the
+/// put's new ones. Refuses type changes, new NOT NULL columns and missing NOT NULL columns.
+pub fn evolve(existing: &Schema, incoming: &Schema, asset: &AssetKey) -> Result<SchemaRef> {
+    let mut fields: Vec<arrow_schema::FieldRef> = existing.fields().iter().cloned().collect();
+    for field in incoming.fields() {
+        match existing.field_with_name(field.name()) {
+            Ok(stored) if stored.data_type() != field.data_type() => {
+                return Err(Error::failed_precondition(format!(
+                    "column '{}' of asset '{asset}' is {} but this put sends {}; \
+                     overwrite the asset to change a column's type",
+                    field.name(),
+                    stored.data_type(),
+                    field.data_type()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) if !field.is_nullable() => {
+                return Err(Error::failed_precondition(format!(
+                    "new column '{}' of asset '{asset}' is NOT NULL, but existing rows have no value \
+                     for it; make it nullable or overwrite the asset",
+                    field.name()
+                )));
+            }
+            Err(_) => fields.push(Arc::clone(field)),
+        }
+    }
+    if let Some(missing) = existing
+        .fields()
+        .iter()
+        .find(|f| !f.is_nullable() && incoming.field_with_name(f.name()).is_err())
+    {
+        return Err(Error::failed_precondition(format!(
+            "column '{}' of asset '{asset}' is NOT NULL but this put does not send it",
+            missing.name()
+        )));
+    }
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        existing.metadata().clone(),
+    )))
 }

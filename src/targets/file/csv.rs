@@ -5,12 +5,12 @@
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_csv::{Writer, WriterBuilder};
-use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
+use arrow_schema::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 
 use super::{
-    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream, refuse_options,
-    restore_types, text_dictionary_ok, wire_schema,
+    Encoder, Format, PinnedObject, SharedBuffer, read_text, refuse_options, text_dictionary_ok,
+    wire_schema,
 };
 use crate::error::{Error, Result};
 use crate::protocol::Options;
@@ -75,24 +75,13 @@ impl Format for CsvFormat {
         schema: SchemaRef,
         projection: Option<Vec<usize>>,
     ) -> Result<SendableBatchStream> {
-        let target = object.target.clone();
         let null = regex::Regex::new(r"^\\N$").expect("a valid regex");
         let decoder = arrow_csv::ReaderBuilder::new(wire_schema(&schema, wire_type))
             .with_header(true)
             .with_null_regex(null)
             .with_batch_size(READ_BATCH_ROWS)
             .build_decoder();
-        let bytes = object.stream(None).await?;
-        let finish_target = target.clone();
-        Ok(decode_text_stream(
-            bytes,
-            CsvDecoder(decoder),
-            target,
-            move |batch| {
-                restore_types(batch, &schema, projection.as_deref())
-                    .map_err(|e| Error::format(&finish_target, "read a CSV file", e))
-            },
-        ))
+        read_text(object, schema, projection, "read a CSV file", decoder).await
     }
 }
 
@@ -186,17 +175,5 @@ fn holds_null_marker(array: &ArrayRef) -> bool {
             .as_any_dictionary_opt()
             .is_some_and(|d| holds_null_marker(d.values())),
         _ => false,
-    }
-}
-
-struct CsvDecoder(arrow_csv::reader::Decoder);
-
-impl TextDecoder for CsvDecoder {
-    fn decode(&mut self, buf: &[u8]) -> Result<usize, ArrowError> {
-        self.0.decode(buf)
-    }
-
-    fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
-        self.0.flush()
     }
 }

@@ -4,12 +4,12 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_json::writer::LineDelimited;
 use arrow_json::{Writer, WriterBuilder};
-use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
+use arrow_schema::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 
 use super::{
-    Encoder, Format, PinnedObject, SharedBuffer, TextDecoder, decode_text_stream, refuse_options,
-    restore_types, text_dictionary_ok, wire_schema,
+    Encoder, Format, PinnedObject, SharedBuffer, read_text, refuse_options, text_dictionary_ok,
+    wire_schema,
 };
 use crate::error::{Error, Result};
 use crate::protocol::Options;
@@ -53,22 +53,11 @@ impl Format for JsonFormat {
         schema: SchemaRef,
         projection: Option<Vec<usize>>,
     ) -> Result<SendableBatchStream> {
-        let target = object.target.clone();
         let decoder = arrow_json::ReaderBuilder::new(wire_schema(&schema, wire_type))
             .with_batch_size(READ_BATCH_ROWS)
             .build_decoder()
-            .map_err(|e| Error::format(&target, "read an NDJSON file", e))?;
-        let bytes = object.stream(None).await?;
-        let finish_target = target.clone();
-        Ok(decode_text_stream(
-            bytes,
-            JsonDecoder(decoder),
-            target,
-            move |batch| {
-                restore_types(batch, &schema, projection.as_deref())
-                    .map_err(|e| Error::format(&finish_target, "read an NDJSON file", e))
-            },
-        ))
+            .map_err(|e| Error::format(&object.target, "read an NDJSON file", e))?;
+        read_text(object, schema, projection, "read an NDJSON file", decoder).await
     }
 }
 
@@ -164,17 +153,5 @@ fn first_non_finite(array: &ArrayRef) -> Option<String> {
             .iter()
             .find_map(first_non_finite),
         _ => None,
-    }
-}
-
-struct JsonDecoder(arrow_json::reader::Decoder);
-
-impl TextDecoder for JsonDecoder {
-    fn decode(&mut self, buf: &[u8]) -> Result<usize, ArrowError> {
-        self.0.decode(buf)
-    }
-
-    fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
-        self.0.flush()
     }
 }

@@ -33,7 +33,8 @@ use crate::config::{ArrowConfig, FileConfig, ParquetConfig};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
 use crate::targets::{
-    AssetWriter, ReadRequest, SendableBatchStream, Target, WriteRequest, WriteSummary,
+    AssetWriter, DeleteRequest, ReadRequest, SendableBatchStream, Target, WriteRequest,
+    WriteSummary,
 };
 
 /// Bytes buffered before an upload part is sent.
@@ -344,13 +345,13 @@ impl Target for FileTarget {
         Ok(Box::pin(stream))
     }
 
-    async fn delete(&self, asset: &AssetKey, partitions: &[Partition]) -> Result<()> {
-        let paths: Vec<Path> = if partitions.is_empty() {
-            vec![self.path(asset, None)]
+    async fn delete(&self, req: &DeleteRequest) -> Result<()> {
+        let paths: Vec<Path> = if req.partitions.is_empty() {
+            vec![self.path(&req.asset, None)]
         } else {
-            partitions
+            req.partitions
                 .iter()
-                .map(|p| self.path(asset, Some(p)))
+                .map(|p| self.path(&req.asset, Some(p)))
                 .collect()
         };
         for path in paths {
@@ -430,6 +431,7 @@ impl AssetWriter for FileWriter {
             rows: self.rows,
             bytes: self.bytes,
             location: self.location.clone(),
+            total_rows: None,
         })
     }
 
@@ -530,6 +532,44 @@ where
 pub(crate) trait TextDecoder {
     fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow_schema::ArrowError>;
     fn flush(&mut self) -> Result<Option<RecordBatch>, arrow_schema::ArrowError>;
+}
+
+impl TextDecoder for arrow_json::reader::Decoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow_schema::ArrowError> {
+        arrow_json::reader::Decoder::decode(self, buf)
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
+        arrow_json::reader::Decoder::flush(self)
+    }
+}
+
+impl TextDecoder for arrow_csv::reader::Decoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow_schema::ArrowError> {
+        arrow_csv::reader::Decoder::decode(self, buf)
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
+        arrow_csv::reader::Decoder::flush(self)
+    }
+}
+
+/// Streams a stored text file (NDJSON, CSV) through `decoder`, which decodes the
+/// [`wire_schema`]; batches come out with the stored types and `projection` applied.
+pub(crate) async fn read_text<D: TextDecoder + Send + 'static>(
+    object: PinnedObject,
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    action: &'static str,
+    decoder: D,
+) -> Result<SendableBatchStream> {
+    let target = object.target.clone();
+    let bytes = object.stream(None).await?;
+    let finish_target = target.clone();
+    Ok(decode_text_stream(bytes, decoder, target, move |batch| {
+        restore_types(batch, &schema, projection.as_deref())
+            .map_err(|e| Error::format(&finish_target, action, e))
+    }))
 }
 
 /// A minimal channel-backed stream generator, so decoding loops read top-down.

@@ -1,0 +1,658 @@
+//! DuckDB: each asset is a table, each put one DuckDB transaction.
+//!
+//! Asset keys map to tables as Dagster's DuckDB IO manager does: the last segment is the
+//! table, the one before it the schema (created when missing), else `main`. All DuckDB work
+//! runs on blocking threads: a writer is a thread fed batches through a bounded channel, so at
+//! most a few batches wait in memory, and the async runtime never blocks on DuckDB.
+
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
+use async_trait::async_trait;
+use duckdb::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use self::types::{column_definition, quote, restore, to_storage};
+use crate::asset::{AssetKey, Partition, PartitionColumns};
+use crate::config::DuckDbConfig;
+use crate::error::{Error, Result};
+use crate::protocol::Mode;
+use crate::targets::{
+    AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
+    WriteRequest, WriteSummary,
+};
+
+/// Batches waiting for the writer thread.
+const WRITE_QUEUE: usize = 2;
+/// The schema holding staging tables; they only ever exist inside a put's transaction.
+const STAGING_SCHEMA: &str = "__quiver";
+
+pub struct DuckDbTarget {
+    name: String,
+    path: PathBuf,
+    /// The database; every operation works on its own connection cloned from this one.
+    db: Arc<Mutex<Connection>>,
+    /// Held while creating a schema: DuckDB reports concurrent `CREATE SCHEMA IF NOT EXISTS`
+    /// of one name as a write-write conflict.
+    schema_lock: Arc<Mutex<()>>,
+}
+
+/// A table's schema-qualified name.
+#[derive(Debug, Clone)]
+struct Table {
+    schema: String,
+    table: String,
+}
+
+impl Table {
+    fn of(asset: &AssetKey) -> Self {
+        let segments = asset.segments();
+        let table = segments[segments.len() - 1].clone();
+        let schema = if segments.len() > 1 {
+            segments[segments.len() - 2].clone()
+        } else {
+            "main".to_string()
+        };
+        Self { schema, table }
+    }
+
+    fn sql(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.table))
+    }
+}
+
+fn db_error(target: &str, action: &str) -> impl Fn(duckdb::Error) -> Error {
+    let (target, action) = (target.to_string(), action.to_string());
+    move |e| Error::storage(&target, &action, e)
+}
+
+impl DuckDbTarget {
+    pub fn open(name: &str, config: &DuckDbConfig) -> Result<Self> {
+        let path = config.path.clone().ok_or_else(|| {
+            Error::config(format!(
+                "[targets.{name}] has no path; set path = \"<file>\""
+            ))
+        })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::config(format!(
+                    "[targets.{name}] cannot create {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(|e| {
+            Error::config(format!(
+                "[targets.{name}] cannot open DuckDB database {}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut setup = format!("CREATE SCHEMA IF NOT EXISTS {};", quote(STAGING_SCHEMA));
+        if let Some(threads) = config.threads {
+            setup.push_str(&format!("SET threads = {threads};"));
+        }
+        if let Some(limit) = &config.memory_limit {
+            setup.push_str(&format!(
+                "SET memory_limit = '{}';",
+                limit.replace('\'', "''")
+            ));
+        }
+        conn.execute_batch(&setup)
+            .map_err(|e| Error::config(format!("[targets.{name}] DuckDB setup failed: {e}")))?;
+        Ok(Self {
+            name: name.to_string(),
+            path,
+            db: Arc::new(Mutex::new(conn)),
+            schema_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let db = self
+            .db
+            .lock()
+            .map_err(|_| Error::internal("duckdb connection lock poisoned"))?;
+        db.try_clone()
+            .map_err(db_error(&self.name, "opening a connection"))
+    }
+
+    /// Runs `work` on a blocking thread with a fresh connection.
+    async fn blocking<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.connect()?;
+        tokio::task::spawn_blocking(move || work(&conn)).await?
+    }
+}
+
+#[async_trait]
+impl Target for DuckDbTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "duckdb"
+    }
+
+    fn modes(&self) -> &'static [Mode] {
+        &Mode::ALL
+    }
+
+    fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String {
+        let table = Table::of(asset);
+        let base = format!(
+            "duckdb://{}#{}.{}",
+            self.path.display(),
+            table.schema,
+            table.table
+        );
+        match partition {
+            Some(p) => format!("{base}?partition={p}"),
+            None => base,
+        }
+    }
+
+    fn schema_policy(&self) -> SchemaPolicy {
+        SchemaPolicy::Evolve
+    }
+
+    fn storage_id(&self, asset: &AssetKey) -> String {
+        // DuckDB identifiers are case-insensitive, quoted or not.
+        let table = Table::of(asset);
+        format!("{}.{}", table.schema, table.table).to_lowercase()
+    }
+
+    async fn begin(&self, req: &WriteRequest, schema: SchemaRef) -> Result<Box<dyn AssetWriter>> {
+        for field in req.schema.fields() {
+            column_definition(field).map_err(|reason| {
+                Error::invalid_data(format!(
+                    "target '{}' (duckdb) cannot store asset '{}': {reason}; use the parquet or arrow target",
+                    self.name, req.asset
+                ))
+            })?;
+        }
+        if req.partition.is_some() && req.partition_column.is_none() {
+            return Err(Error::invalid_request(format!(
+                "target '{}' (duckdb) stores partitions as rows of one table: name the column \
+                 holding the partition key with \"partition_column\"",
+                self.name
+            )));
+        }
+        let plan = Plan {
+            target: self.name.clone(),
+            table: Table::of(&req.asset),
+            request: req.clone(),
+            incoming: schema,
+            location: self.location(&req.asset, req.partition.as_ref()),
+        };
+        // Schemas are created outside the put's transaction: two puts creating the same schema
+        // would otherwise conflict, and an empty schema left by an aborted put is harmless.
+        let create_schema = format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&plan.table.schema));
+        let conn = self.connect()?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let schema_lock = Arc::clone(&self.schema_lock);
+        let worker = tokio::task::spawn_blocking(move || {
+            let created = {
+                let _guard = schema_lock.lock().unwrap_or_else(|p| p.into_inner());
+                conn.execute_batch(&create_schema)
+            };
+            if let Err(e) = created {
+                let err = Error::storage(&plan.target, "creating a schema", e);
+                let _ = ready_tx.send(Err(err.to_string()));
+                return Err(err);
+            }
+            plan.run(&conn, rx, ready_tx)
+        });
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                return Err(worker.await?.err().unwrap_or_else(|| {
+                    Error::internal("the duckdb writer stopped before it started")
+                }));
+            }
+        }
+        Ok(Box::new(DuckDbWriter {
+            tx: Some(tx),
+            worker: Some(worker),
+        }))
+    }
+
+    async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream> {
+        let table = Table::of(&req.asset);
+        let schema = match &req.projection {
+            Some(indices) => Arc::new(
+                req.schema
+                    .project(indices)
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            ),
+            None => Arc::clone(&req.schema),
+        };
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (filter, params) =
+            partition_filter(req.partitions.as_deref(), req.partition_columns.as_ref())?;
+        let sql = format!("SELECT {columns} FROM {}{filter}", table.sql());
+        let conn = self.connect()?;
+        let target = self.name.clone();
+        let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
+        let (started_tx, started_rx) = oneshot::channel::<Result<()>>();
+        tokio::task::spawn_blocking(move || {
+            let fail = db_error(&target, "reading a table");
+            let mut stmt = match conn.prepare(&sql) {
+                Ok(stmt) => stmt,
+                Err(e) => {
+                    let _ = started_tx.send(Err(fail(e)));
+                    return;
+                }
+            };
+            let stream = match stmt.stream_arrow(duckdb::params_from_iter(params.iter())) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = started_tx.send(Err(fail(e)));
+                    return;
+                }
+            };
+            // The query's snapshot is taken: the caller may let commits proceed.
+            if started_tx.send(Ok(())).is_err() {
+                return;
+            }
+            for batch in stream {
+                let item = batch.map_err(&fail).and_then(|b| {
+                    restore(&b, &schema)
+                        .map_err(|e| Error::format(&target, "restore column types", e))
+                });
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        started_rx
+            .await
+            .map_err(|_| Error::internal("the duckdb reader stopped before it started"))??;
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn delete(&self, req: &DeleteRequest) -> Result<()> {
+        let table = Table::of(&req.asset);
+        let target = self.name.clone();
+        if req.whole {
+            return self
+                .blocking(move |conn| {
+                    conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", table.sql()))
+                        .map_err(db_error(&target, "dropping a table"))
+                })
+                .await;
+        }
+        let (filter, params) = partition_filter(
+            Some(req.partitions.as_slice()),
+            req.partition_columns.as_ref(),
+        )?;
+        self.blocking(move |conn| {
+            conn.execute(
+                &format!("DELETE FROM {}{filter}", table.sql()),
+                duckdb::params_from_iter(params.iter()),
+            )
+            .map(|_| ())
+            .map_err(db_error(&target, "deleting partition rows"))
+        })
+        .await
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        let target = self.name.clone();
+        self.blocking(move |conn| {
+            conn.execute_batch("SELECT 1")
+                .map_err(db_error(&target, "running a health query"))
+        })
+        .await
+    }
+}
+
+/// ` WHERE (a = ? AND b = ?) OR (...)` selecting the given partitions, and its parameters.
+fn partition_filter(
+    partitions: Option<&[Partition]>,
+    columns: Option<&PartitionColumns>,
+) -> Result<(String, Vec<String>)> {
+    let Some(partitions) = partitions else {
+        return Ok((String::new(), Vec::new()));
+    };
+    let columns = columns.ok_or_else(|| {
+        Error::internal("a partitioned duckdb asset has no partition columns in the catalog")
+    })?;
+    let mut clauses = Vec::new();
+    let mut params = Vec::new();
+    for partition in partitions {
+        columns.check(partition)?;
+        let pairs = columns.filter(partition);
+        clauses.push(format!(
+            "({})",
+            pairs
+                .iter()
+                .map(|(c, _)| format!("{} = ?", quote(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        ));
+        params.extend(pairs.iter().map(|(_, v)| v.to_string()));
+    }
+    if clauses.is_empty() {
+        return Ok((" WHERE false".to_string(), params));
+    }
+    Ok((format!(" WHERE {}", clauses.join(" OR ")), params))
+}
+
+/// What one put does, run on the writer thread.
+struct Plan {
+    target: String,
+    table: Table,
+    request: WriteRequest,
+    /// The schema of the batches arriving.
+    incoming: SchemaRef,
+    location: String,
+}
+
+enum Message {
+    Batch(RecordBatch),
+    Commit,
+}
+
+impl Plan {
+    fn fail(&self, action: &str) -> impl Fn(duckdb::Error) -> Error {
+        db_error(&self.target, action)
+    }
+
+    /// Runs the whole put in one transaction; anything but a commit message rolls it back.
+    fn run(
+        &self,
+        conn: &Connection,
+        mut rx: mpsc::Receiver<Message>,
+        ready: oneshot::Sender<Result<(), String>>,
+    ) -> Result<WriteSummary> {
+        if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
+            let err = self.fail("starting a transaction")(e);
+            let _ = ready.send(Err(err.to_string()));
+            return Err(err);
+        }
+        let result = self.run_in_transaction(conn, &mut rx, ready);
+        match &result {
+            Ok(_) => conn
+                .execute_batch("COMMIT")
+                .map_err(self.fail("committing"))
+                .and(result),
+            Err(_) => {
+                if let Err(e) = conn.execute_batch("ROLLBACK") {
+                    tracing::warn!(error = %e, "duckdb rollback failed");
+                }
+                result
+            }
+        }
+    }
+
+    fn run_in_transaction(
+        &self,
+        conn: &Connection,
+        rx: &mut mpsc::Receiver<Message>,
+        ready: oneshot::Sender<Result<(), String>>,
+    ) -> Result<WriteSummary> {
+        let prepared = self.prepare(conn);
+        let staging = match prepared {
+            Ok(staging) => {
+                let _ = ready.send(Ok(()));
+                staging
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+                return Err(e);
+            }
+        };
+        let destination = staging.clone().unwrap_or_else(|| self.table.clone());
+        let columns: Vec<String> = self
+            .incoming
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let column_refs: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let mut rows = 0u64;
+        {
+            let mut appender = conn
+                .appender_with_columns_to_db(&destination.table, &destination.schema, &column_refs)
+                .map_err(self.fail("opening an appender"))?;
+            loop {
+                match rx.blocking_recv() {
+                    Some(Message::Batch(batch)) => {
+                        rows += batch.num_rows() as u64;
+                        self.check_keys(&batch)?;
+                        let storage = to_storage(&batch).map_err(|e| {
+                            Error::invalid_data(format!("cannot convert a batch for DuckDB: {e}"))
+                        })?;
+                        appender.append_record_batch(storage).map_err(|e| {
+                            Error::invalid_data(format!(
+                                "DuckDB refused a batch for table {}: {e}",
+                                self.table.sql()
+                            ))
+                        })?;
+                    }
+                    Some(Message::Commit) => break,
+                    None => {
+                        return Err(Error::Cancelled {
+                            message: "the put ended before it committed".to_string(),
+                        });
+                    }
+                }
+            }
+            appender
+                .flush()
+                .map_err(self.fail("flushing the appender"))?;
+        }
+        if let Some(stage) = &staging {
+            self.merge(conn, stage)?;
+        }
+        self.check_partition(conn, rows)?;
+        let total: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM {}", self.table.sql()),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.fail("counting rows"))?;
+        Ok(WriteSummary {
+            rows,
+            bytes: 0,
+            location: self.location.clone(),
+            total_rows: Some(total as u64),
+        })
+    }
+
+    /// Creates, replaces or evolves the table; returns the staging table for upserts.
+    fn prepare(&self, conn: &Connection) -> Result<Option<Table>> {
+        let req = &self.request;
+        let table = self.table.sql();
+        let replace_table = req.mode == Mode::Overwrite && req.partition.is_none();
+        if replace_table || req.existing.is_none() {
+            let ddl = create_table(&table, &req.schema, replace_table)?;
+            conn.execute_batch(&ddl)
+                .map_err(self.fail("creating the table"))?;
+        } else if let Some(existing) = &req.existing {
+            for field in req.schema.fields() {
+                if existing.field_with_name(field.name()).is_err() {
+                    let column = column_definition(field).map_err(Error::invalid_data)?;
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
+                        .map_err(self.fail("adding a column"))?;
+                }
+            }
+        }
+        if let (Some(partition), Some(columns)) = (&req.partition, &req.partition_column)
+            && req.mode == Mode::Overwrite
+        {
+            let (filter, params) =
+                partition_filter(Some(std::slice::from_ref(partition)), Some(columns))?;
+            conn.execute(
+                &format!("DELETE FROM {table}{filter}"),
+                duckdb::params_from_iter(params.iter()),
+            )
+            .map_err(self.fail("replacing a partition"))?;
+        }
+        if req.mode != Mode::Upsert {
+            return Ok(None);
+        }
+        let stage = Table {
+            schema: STAGING_SCHEMA.to_string(),
+            table: format!("stage_{}", uuid::Uuid::new_v4().simple()),
+        };
+        conn.execute_batch(&create_table(&stage.sql(), &self.incoming, false)?)
+            .map_err(self.fail("creating a staging table"))?;
+        Ok(Some(stage))
+    }
+
+    /// Upsert: rows whose key is in the staging table replace the table's rows; within one put
+    /// the last row for a key wins.
+    fn merge(&self, conn: &Connection, stage: &Table) -> Result<()> {
+        let keys = self
+            .request
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let columns = self
+            .incoming
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let table = self.table.sql();
+        let stage = stage.sql();
+        conn.execute_batch(&format!(
+            "DELETE FROM {table} WHERE ({keys}) IN (SELECT {keys} FROM {stage});
+             INSERT INTO {table} ({columns})
+                SELECT {columns} FROM {stage}
+                QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY rowid DESC) = 1;
+             DROP TABLE {stage};"
+        ))
+        .map_err(self.fail("merging upserted rows"))
+    }
+
+    /// A partition put may only hold rows of its partition.
+    fn check_partition(&self, conn: &Connection, rows: u64) -> Result<()> {
+        let (Some(partition), Some(columns)) =
+            (&self.request.partition, &self.request.partition_column)
+        else {
+            return Ok(());
+        };
+        if self.request.mode != Mode::Overwrite {
+            return Ok(());
+        }
+        let (filter, params) =
+            partition_filter(Some(std::slice::from_ref(partition)), Some(columns))?;
+        let inside: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM {}{filter}", self.table.sql()),
+                duckdb::params_from_iter(params.iter()),
+                |r| r.get(0),
+            )
+            .map_err(self.fail("checking partition rows"))?;
+        if inside as u64 != rows {
+            return Err(Error::invalid_data(format!(
+                "{} of {rows} rows sent for partition '{partition}' do not have that key in {:?}; \
+                 every row of a partition put must belong to the partition",
+                rows - inside as u64,
+                columns.columns()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_keys(&self, batch: &RecordBatch) -> Result<()> {
+        for key in &self.request.key {
+            if let Some(column) = batch.column_by_name(key)
+                && column.null_count() > 0
+            {
+                return Err(Error::invalid_data(format!(
+                    "key column '{key}' holds nulls; every row of an upsert needs a key"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn create_table(table: &str, schema: &Schema, replace: bool) -> Result<String> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| column_definition(f))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(Error::invalid_data)?;
+    let verb = if replace {
+        "CREATE OR REPLACE TABLE"
+    } else {
+        "CREATE TABLE"
+    };
+    Ok(format!("{verb} {table} ({})", columns.join(", ")))
+}
+
+/// Feeds the writer thread; dropping it without a commit rolls the transaction back.
+struct DuckDbWriter {
+    tx: Option<mpsc::Sender<Message>>,
+    worker: Option<tokio::task::JoinHandle<Result<WriteSummary>>>,
+}
+
+impl DuckDbWriter {
+    /// The worker's own error, once it has stopped.
+    async fn worker_result(&mut self) -> Result<WriteSummary> {
+        self.tx = None;
+        match self.worker.take() {
+            Some(worker) => worker.await?,
+            None => Err(Error::internal("the duckdb writer was already finished")),
+        }
+    }
+}
+
+#[async_trait]
+impl AssetWriter for DuckDbWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Message::Batch(batch)).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The worker stopped: it failed, and says why.
+        Err(self
+            .worker_result()
+            .await
+            .err()
+            .unwrap_or_else(|| Error::internal("the duckdb writer stopped early")))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Message::Commit).await;
+        }
+        self.worker_result().await
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        match self.worker_result().await {
+            Ok(_) => Err(Error::internal(
+                "the duckdb writer committed during an abort",
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Table targets: the conformance suite plus append, upsert, partition replace and schema
+//! evolution, checked through Flight and in the database itself.
+
+mod common;
+mod conformance;
+
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use serde_json::json;
+use tonic::Code;
+
+use common::*;
+use conformance::{Profile, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_conforms() {
+    run(&Profile {
+        target: "duckdb",
+        refuses: &["time64_ns"],
+        extra_modes: &["append", "upsert"],
+        extension: None,
+    })
+    .await;
+}
+
+fn batch(columns: Vec<(&str, ArrayRef, bool)>) -> RecordBatch {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a, nullable)| Field::new(*n, a.data_type().clone(), *nullable))
+        .collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, a, _)| a).collect(),
+    )
+    .unwrap()
+}
+
+fn ids(values: &[i64]) -> ArrayRef {
+    Arc::new(Int64Array::from(values.to_vec()))
+}
+
+fn strs(values: &[&str]) -> ArrayRef {
+    Arc::new(StringArray::from(values.to_vec()))
+}
+
+/// The rows of a read as `(id, value)` pairs sorted by id.
+fn pairs(batches: &[RecordBatch], value: &str) -> Vec<(i64, Option<String>)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let id = b
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let v = arrow_cast::cast(b.column_by_name(value).unwrap(), &DataType::Utf8).unwrap();
+        let v = v.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            out.push((id.value(i), v.is_valid(i).then(|| v.value(i).to_string())));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_append_upsert_and_evolution() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let asset = "analytics/orders";
+    let write = |mode: &str, b: &RecordBatch| {
+        let mut command = json!({"target": "duckdb", "asset": asset, "mode": mode});
+        if mode == "upsert" {
+            command["key"] = json!(["id"]);
+        }
+        (cmd(command), b.schema(), vec![b.clone()])
+    };
+
+    let first = batch(vec![
+        ("id", ids(&[1, 2, 3]), false),
+        ("status", strs(&["new", "new", "new"]), true),
+    ]);
+    let (d, sc, b) = write("overwrite", &first);
+    put(&mut client, d, sc, b).await.unwrap();
+
+    // Append adds rows.
+    let more = batch(vec![
+        ("id", ids(&[4]), false),
+        ("status", strs(&["new"]), true),
+    ]);
+    let (d, sc, b) = write("append", &more);
+    let result = put(&mut client, d, sc, b).await.unwrap();
+    assert_eq!(
+        (result["mode"].clone(), result["rows"].clone()),
+        (json!("append"), json!(1))
+    );
+    let got = get(&mut client, json!({"target": "duckdb", "asset": asset}))
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(pairs(&got, "status").len(), 4);
+
+    // Upsert replaces rows by key, inserts new ones, and the last duplicate in a put wins.
+    let changes = batch(vec![
+        ("id", ids(&[2, 5, 5, 3]), false),
+        ("status", strs(&["paid", "draft", "new", "shipped"]), true),
+    ]);
+    let (d, sc, b) = write("upsert", &changes);
+    put(&mut client, d, sc, b).await.unwrap();
+    let got = get(&mut client, json!({"target": "duckdb", "asset": asset}))
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(
+        pairs(&got, "status"),
+        [
+            (1, s("new")),
+            (2, s("paid")),
+            (3, s("shipped")),
+            (4, s("new")),
+            (5, s("new"))
+        ]
+    );
+    let info = client
+        .get_flight_info(path(&["duckdb", "analytics", "orders"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        info.total_records, 5,
+        "the catalog counts the table's rows after an upsert"
+    );
+
+    // A new nullable column is added; older rows read it as null.
+    let wider = batch(vec![
+        ("id", ids(&[6]), false),
+        ("status", strs(&["new"]), true),
+        ("note", strs(&["gift"]), true),
+    ]);
+    let (d, sc, b) = write("append", &wider);
+    put(&mut client, d, sc, b).await.unwrap();
+    let schema = client
+        .get_schema(path(&["duckdb", "analytics", "orders"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>(),
+        ["id", "status", "note"]
+    );
+    let got = get(
+        &mut client,
+        json!({"target": "duckdb", "asset": asset, "columns": ["id", "note"]}),
+    )
+    .await
+    .unwrap()
+    .1;
+    let notes = pairs(&got, "note");
+    assert_eq!(notes[0], (1, None));
+    assert_eq!(notes[5], (6, s("gift")));
+
+    // Type conflicts, new NOT NULL columns and missing NOT NULL columns are refused by name.
+    let conflict = batch(vec![("id", strs(&["7"]), false)]);
+    let (d, sc, b) = write("append", &conflict);
+    assert_status(
+        put(&mut client, d, sc, b).await,
+        Code::FailedPrecondition,
+        "column 'id'",
+    );
+    let strict_new = batch(vec![("id", ids(&[7]), false), ("rank", ids(&[1]), false)]);
+    let (d, sc, b) = write("append", &strict_new);
+    assert_status(
+        put(&mut client, d, sc, b).await,
+        Code::FailedPrecondition,
+        "new column 'rank'",
+    );
+    let missing_id = batch(vec![("status", strs(&["x"]), true)]);
+    let (d, sc, b) = write("append", &missing_id);
+    assert_status(
+        put(&mut client, d, sc, b).await,
+        Code::FailedPrecondition,
+        "column 'id'",
+    );
+
+    // Null keys cannot be upserted; the table is untouched.
+    let nullable = batch(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![Some(8), None])) as ArrayRef,
+            true,
+        ),
+        ("status", strs(&["a", "b"]), true),
+    ]);
+    let upsert = |b: &RecordBatch| {
+        (
+            cmd(
+                json!({"target": "duckdb", "asset": "analytics/nullable", "mode": "upsert", "key": ["id"]}),
+            ),
+            b.schema(),
+            vec![b.clone()],
+        )
+    };
+    let seed = batch(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![Some(1)])) as ArrayRef,
+            true,
+        ),
+        ("status", strs(&["a"]), true),
+    ]);
+    let (d, sc, b) = upsert(&seed);
+    put(&mut client, d, sc, b).await.unwrap();
+    let (d, sc, b) = upsert(&nullable);
+    assert_status(
+        put(&mut client, d, sc, b).await,
+        Code::InvalidArgument,
+        "key column 'id' holds nulls",
+    );
+    let got = get(
+        &mut client,
+        json!({"target": "duckdb", "asset": "analytics/nullable"}),
+    )
+    .await
+    .unwrap()
+    .1;
+    assert_eq!(pairs(&got, "status"), [(1, s("a"))]);
+
+    let dir = server.stop().await;
+    // The data is an ordinary DuckDB table that SQL users can query.
+    let db = duckdb::Connection::open(dir.path().join("data/quiver.duckdb")).unwrap();
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM analytics.orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 6);
+    let stray: i64 = db
+        .query_row(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = '__quiver'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stray, 0, "no staging table survives a put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_partition_replace_is_exact() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let day = |tag: i64, n: usize, date: &str| {
+        batch(vec![
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef,
+                false,
+            ),
+            (
+                "tag",
+                Arc::new(Int64Array::from(vec![tag; n])) as ArrayRef,
+                false,
+            ),
+            ("date", strs(&vec![date; n]), false),
+        ])
+    };
+    let descriptor = |key: &str| {
+        cmd(
+            json!({"target": "duckdb", "asset": "sales", "partition": key, "partition_column": "date"}),
+        )
+    };
+    for (key, tag, n) in [("2024-01-01", 1, 3), ("2024-01-02", 2, 4)] {
+        let b = day(tag, n, key);
+        put(&mut client, descriptor(key), b.schema(), vec![b])
+            .await
+            .unwrap();
+    }
+    // Rows outside the partition are refused and nothing changes.
+    let stray = day(9, 2, "2024-01-03");
+    let refused = put(
+        &mut client,
+        descriptor("2024-01-01"),
+        stray.schema(),
+        vec![stray],
+    )
+    .await;
+    assert_status(refused, Code::InvalidArgument, "do not have that key");
+    let all = get(&mut client, json!({"target": "duckdb", "asset": "sales"}))
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 7);
+    // A partition put without partition_column cannot know which rows to replace.
+    let b = day(3, 1, "2024-01-01");
+    let no_column = put(
+        &mut client,
+        cmd(json!({"target": "duckdb", "asset": "other", "partition": "2024-01-01"})),
+        b.schema(),
+        vec![b],
+    )
+    .await;
+    assert_status(no_column, Code::InvalidArgument, "partition_column");
+    // Two assets may not share one table (the schema is the second-to-last segment).
+    let b = day(1, 1, "x");
+    put(
+        &mut client,
+        path(&["duckdb", "lake", "t"]),
+        b.schema(),
+        vec![b.clone()],
+    )
+    .await
+    .unwrap();
+    let clash = put(
+        &mut client,
+        path(&["duckdb", "other", "lake", "T"]),
+        b.schema(),
+        vec![b],
+    )
+    .await;
+    assert_status(clash, Code::FailedPrecondition, "share storage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_concurrent_puts_to_different_tables_all_commit() {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use futures::{SinkExt, TryStreamExt};
+    let server = TestServer::start().await;
+    // Every put is held open until all have started, so their transactions overlap.
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let mut client = server.client().await;
+        let (tx, rx) = futures::channel::mpsc::channel(2);
+        let encoded = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(cmd(
+                json!({"target": "duckdb", "asset": format!("shared/t{i}")}),
+            )))
+            .build(rx);
+        calls.push(tokio::spawn(async move {
+            let results: Vec<_> = client.do_put(encoded).await?.try_collect().await?;
+            Ok::<_, arrow_flight::error::FlightError>(results)
+        }));
+        senders.push(tx);
+    }
+    let b = batch(vec![("id", ids(&[1, 2, 3]), false)]);
+    for round in 0..2 {
+        for tx in &mut senders {
+            // A failed send means the server ended that put early; its result says why.
+            let _ = tx.send(Ok(b.clone())).await;
+        }
+        if round == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    drop(senders);
+    for call in calls {
+        call.await.unwrap().expect("every concurrent put commits");
+    }
+    let mut client = server.client().await;
+    for i in 0..4 {
+        let (_, got) = get(
+            &mut client,
+            json!({"target": "duckdb", "asset": format!("shared/t{i}")}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
+    }
+}
