@@ -23,6 +23,108 @@ pub struct Cli {
 pub enum Command {
     /// Run the Flight server.
     Serve(ServeArgs),
+    /// Store a local Parquet, CSV, NDJSON or Arrow IPC file as an asset.
+    Put(PutCommand),
+    /// Read an asset into a local file.
+    Get(GetCommand),
+    /// List stored assets.
+    Ls(LsCommand),
+    /// Delete an asset or one partition of it.
+    Rm(RmCommand),
+    /// List the server's targets.
+    Targets(ServerArg),
+}
+
+/// The server the client commands talk to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
+    /// Quiver server address.
+    #[arg(long, env = "QUIVER_SERVER", default_value = "grpc://localhost:8815")]
+    pub server: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PutCommand {
+    /// File to store; its format comes from the extension unless --format is given.
+    pub file: PathBuf,
+    /// Asset key, e.g. sales/daily.
+    #[arg(long)]
+    pub asset: String,
+    /// Target name, e.g. parquet or duckdb.
+    #[arg(long)]
+    pub target: String,
+    /// overwrite, append or upsert.
+    #[arg(long, default_value = "overwrite")]
+    pub mode: String,
+    /// Partition key, or dimension=key pairs separated by commas.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Column holding the partition key (table targets).
+    #[arg(long)]
+    pub partition_column: Option<String>,
+    /// Key column for upserts; repeat for several.
+    #[arg(long)]
+    pub key: Vec<String>,
+    /// Idempotency key: a repeated put with the same key writes nothing.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Input format.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::client::FileFormat>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetCommand {
+    /// Asset key.
+    pub asset: String,
+    /// Target name; optional when the asset is in exactly one target.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Output file; its format comes from the extension unless --format is given.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Partition to read; repeat for several. Default: all.
+    #[arg(long)]
+    pub partition: Vec<String>,
+    /// Columns to read, separated by commas. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::client::FileFormat>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LsCommand {
+    /// Only assets in this target.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only assets whose key starts with this.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmCommand {
+    /// Asset key.
+    pub asset: String,
+    /// Target name.
+    #[arg(long)]
+    pub target: String,
+    /// Only this partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@
 pub mod asset;
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod protocol;
