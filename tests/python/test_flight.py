@@ -67,7 +67,7 @@ def typed_table(exclude=()):
     return pa.table({k: v for k, v in columns.items() if k not in exclude})
 
 
-@pytest.mark.parametrize("target", FILE_TARGETS)
+@pytest.mark.parametrize("target", FILE_TARGETS + ["duckdb"])
 def test_readme_round_trip(client, target):
     """The README's first example, for every file target."""
     exclude = NESTED | {"binary"} if target == "csv" else set()
@@ -78,8 +78,12 @@ def test_readme_round_trip(client, target):
     assert meta["target"] == target
     assert meta["rows"] == 3
     assert meta["version"] == 1
-    assert meta["bytes"] > 0
-    assert meta["location"].endswith(f"/data/{target}/sales/daily.{target}")
+    if target == "duckdb":
+        assert meta["bytes"] == 0, "DuckDB does not report per-table storage"
+        assert meta["location"].endswith("/data/quiver.duckdb#sales.daily")
+    else:
+        assert meta["bytes"] > 0
+        assert meta["location"].endswith(f"/data/{target}/sales/daily.{target}")
     assert isinstance(meta["duration_ms"], int)
     info = client.get_flight_info(descriptor)
     assert info.total_records == 3
@@ -160,7 +164,8 @@ def test_catalog_and_actions(client):
     actions = {a.type for a in client.list_actions()}
     assert actions == {"delete", "describe", "list-targets", "health"}
     targets = json.loads(next(client.do_action(fl.Action("list-targets", b""))).body.to_pybytes())
-    assert {t["name"] for t in targets} == set(FILE_TARGETS)
+    assert {t["name"] for t in targets} == set(FILE_TARGETS) | {"duckdb"}
+    assert next(t for t in targets if t["name"] == "duckdb")["modes"] == ["overwrite", "append", "upsert"]
     health = json.loads(next(client.do_action(fl.Action("health", b""))).body.to_pybytes())
     assert health["status"] == "ok"
     described = json.loads(
@@ -224,3 +229,23 @@ def test_config_file_and_strict_validation(tmp_path):
     (tmp_path / "bad.toml").write_text('[targets.lake]\nkind = "parquet"\ncompresion = "snappy"\n')
     with pytest.raises(RuntimeError, match="unknown field `compresion`"):
         Server(tmp_path, args=["--config", "bad.toml"])
+
+
+def test_duckdb_upsert_and_partitions_like_dagster(client):
+    orders = pa.table({"order_id": [1, 2], "status": ["new", "new"]})
+    put(client, cmd(target="duckdb", asset="analytics/orders", mode="upsert", key=["order_id"]), orders)
+    update = pa.table({"order_id": [2, 3], "status": ["paid", "new"]})
+    meta = put(client, cmd(target="duckdb", asset="analytics/orders", mode="upsert", key=["order_id"]), update)
+    assert meta["mode"] == "upsert"
+    got = get(client, target="duckdb", asset="analytics/orders").sort_by("order_id")
+    assert got.to_pydict() == {"order_id": [1, 2, 3], "status": ["new", "paid", "new"]}
+
+    for day in ["2024-01-01", "2024-01-02"]:
+        t = pa.table({"day": pa.array([dt.date.fromisoformat(day)] * 2, pa.date32()), "v": [1, 2]})
+        put(client, cmd(target="duckdb", asset="sales", partition=day, partition_column="day"), t)
+    again = pa.table({"day": pa.array([dt.date(2024, 1, 1)], pa.date32()), "v": [9]})
+    put(client, cmd(target="duckdb", asset="sales", partition="2024-01-01", partition_column="day"), again)
+    got = get(client, target="duckdb", asset="sales")
+    assert sorted(got.column("v").to_pylist()) == [1, 2, 9]
+    one = get(client, target="duckdb", asset="sales", partition="2024-01-02")
+    assert one.column("day").type == pa.date32() and one.num_rows == 2
