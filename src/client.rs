@@ -84,14 +84,11 @@ fn read_error(path: &Path) -> impl Fn(ArrowError) -> Error + '_ {
     move |e| Error::invalid_data(format!("cannot read {}: {e}", path.display()))
 }
 
+/// The batches of a local file, read on a blocking thread.
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
 /// Opens a local file as a schema and an iterator of batches.
-fn open_file(
-    path: &Path,
-    format: FileFormat,
-) -> Result<(
-    SchemaRef,
-    Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
-)> {
+fn open_file(path: &Path, format: FileFormat) -> Result<(SchemaRef, Batches)> {
     let file = File::open(path)
         .map_err(|e| Error::invalid_request(format!("cannot open {}: {e}", path.display())))?;
     let owned = path.to_path_buf();
@@ -166,7 +163,7 @@ fn open_file(
     }
 }
 
-/// Shows rows and MB/s on stderr while a transfer runs, when stderr is a terminal.
+/// Shows rows and MB/s on stderr while a transfer runs, when stdout is a terminal.
 struct Progress {
     started: Instant,
     rows: u64,
@@ -180,7 +177,7 @@ impl Progress {
             started: Instant::now(),
             rows: 0,
             bytes: 0,
-            live: std::io::stderr().is_terminal(),
+            live: std::io::stdout().is_terminal(),
         }
     }
 
