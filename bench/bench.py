@@ -1,0 +1,204 @@
+"""Quiver against the native ingestion paths, measured side by side in one run.
+
+Both sides get the same in-memory pyarrow table. Quiver is driven by a pyarrow Flight client,
+so client costs are the same as for a pyarrow user. Every scenario is repeated; the report
+gives the median and the spread (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.flight as fl
+import pyarrow.parquet as pq
+
+
+def lineitem(data_dir: Path, sf: float) -> pa.Table:
+    out = data_dir / f"sf{sf}"
+    path = out / "lineitem.parquet"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["tpchgen-cli", "parquet", "-s", str(sf), "--tables=lineitem", f"--output-dir={out}"],
+            check=True,
+        )
+    table = pq.read_table(path)
+    # tpchgen writes string_view columns; pipelines mostly hold plain strings.
+    schema = pa.schema(
+        [pa.field(f.name, pa.string() if f.type == pa.string_view() else f.type, f.nullable) for f in table.schema]
+    )
+    return table.cast(schema).combine_chunks()
+
+
+class Server:
+    def __init__(self, binary: str, data_dir: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", data_dir, "--log", "warn"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("quiver did not start")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def quiver_put(client: fl.FlightClient, table: pa.Table, command: dict) -> float:
+    started = time.perf_counter()
+    writer, reader = client.do_put(fl.FlightDescriptor.for_command(json.dumps(command)), table.schema)
+    writer.write_table(table, max_chunksize=122_880)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    return time.perf_counter() - started
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def summary(times: list, rows: int, megabytes: float) -> dict:
+    median = statistics.median(times)
+    return {
+        "seconds_median": round(median, 4),
+        "seconds_min": round(min(times), 4),
+        "seconds_max": round(max(times), 4),
+        "rows_per_s": round(rows / median),
+        "mb_per_s": round(megabytes / median, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--sf", type=float, default=0.5)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    table = lineitem(Path(args.data), args.sf)
+    rows, megabytes = table.num_rows, table.nbytes / 1e6
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        server = Server(args.binary, os.path.join(work, "quiver"))
+        client = fl.connect(f"grpc://127.0.0.1:{server.port}")
+
+        # DuckDB: DoPut overwrite vs python duckdb CREATE TABLE AS SELECT from the Arrow table.
+        quiver_times = [
+            quiver_put(client, table, {"target": "duckdb", "asset": "tpch/lineitem"}) for _ in range(args.reps)
+        ]
+        native = duckdb.connect(os.path.join(work, "native.duckdb"))
+        native.register("arrow_table", table)
+        native_times = [
+            timed(lambda: native.execute("CREATE OR REPLACE TABLE lineitem AS SELECT * FROM arrow_table"))
+            for _ in range(args.reps)
+        ]
+        native.close()
+        results.append(
+            {
+                "scenario": "DoPut → duckdb (overwrite)",
+                "native": "python duckdb CREATE TABLE AS SELECT * FROM arrow_table",
+                "quiver": summary(quiver_times, rows, megabytes),
+                "baseline": summary(native_times, rows, megabytes),
+            }
+        )
+
+        # Parquet (zstd): DoPut vs pyarrow.parquet.write_table with the same codec, level,
+        # row group size and dictionary encoding.
+        quiver_times = [
+            quiver_put(client, table, {"target": "parquet", "asset": "tpch/lineitem"}) for _ in range(args.reps)
+        ]
+        out = os.path.join(work, "native.parquet")
+        native_times = [
+            timed(
+                lambda: pq.write_table(
+                    table, out, compression="zstd", compression_level=1, row_group_size=1024 * 1024, use_dictionary=True
+                )
+            )
+            for _ in range(args.reps)
+        ]
+        results.append(
+            {
+                "scenario": "DoPut → parquet (zstd)",
+                "native": "pyarrow.parquet.write_table(compression='zstd', level 1, 1Mi-row groups)",
+                "quiver": summary(quiver_times, rows, megabytes),
+                "baseline": summary(native_times, rows, megabytes),
+            }
+        )
+        peak = server.peak_rss_mb()
+        client.close()
+        server.stop()
+
+    for r in results:
+        r["ratio"] = round(r["baseline"]["seconds_median"] / r["quiver"]["seconds_median"], 2)
+    report = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()}",
+        "dataset": f"TPC-H lineitem SF {args.sf} ({rows} rows, {megabytes:.0f} MB in Arrow), tpchgen-cli",
+        "repetitions": args.reps,
+        "server_peak_rss_mb": round(peak, 1),
+        "results": results,
+    }
+    Path(args.out, "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run` (scale with `QUIVER_BENCH_SF`, `QUIVER_BENCH_REPS`). Quiver and the",
+        "native path get the same in-memory pyarrow table in the same run; Quiver is driven by a",
+        "pyarrow Flight client over loopback, so its figures include the Flight transfer.",
+        "Ratio = native time / Quiver time (above 1.0: Quiver is faster).",
+        "",
+        f"- Date: {report['date']}; machine: {report['machine']}",
+        f"- Data: {report['dataset']}",
+        f"- Repetitions: {args.reps}; times are medians, with min–max",
+        f"- Quiver server peak RSS over the run: {report['server_peak_rss_mb']} MB",
+        "",
+        "| scenario | Quiver | native | ratio |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        q, b = r["quiver"], r["baseline"]
+        lines.append(
+            f"| {r['scenario']} | {q['rows_per_s']:,} rows/s, {q['mb_per_s']} MB/s "
+            f"({q['seconds_median']} s, {q['seconds_min']}–{q['seconds_max']}) | "
+            f"{r['native']}: {b['rows_per_s']:,} rows/s ({b['seconds_median']} s, "
+            f"{b['seconds_min']}–{b['seconds_max']}) | {r['ratio']} |"
+        )
+    Path(args.out, "benchmarks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
