@@ -249,3 +249,38 @@ def test_duckdb_upsert_and_partitions_like_dagster(client):
     assert sorted(got.column("v").to_pylist()) == [1, 2, 9]
     one = get(client, target="duckdb", asset="sales", partition="2024-01-02")
     assert one.column("day").type == pa.date32() and one.num_rows == 2
+
+
+KILLED_CLIENT = """
+import os, sys, time, json
+import pyarrow as pa, pyarrow.flight as fl
+c = fl.connect(sys.argv[1])
+schema = pa.schema([("x", pa.int64())])
+w, r = c.do_put(fl.FlightDescriptor.for_command(json.dumps({"target": sys.argv[2], "asset": "victim"})), schema)
+for i in range(3):
+    w.write_batch(pa.record_batch([pa.array([2] * 1000, pa.int64())], schema=schema))
+    time.sleep(0.1)
+os._exit(9)  # the process dies mid-put: no done_writing, no close
+"""
+
+
+@pytest.mark.parametrize("target", FILE_TARGETS + ["duckdb"])
+def test_client_process_killed_mid_put_changes_nothing(client, server, target):
+    import subprocess
+    import sys
+    import time
+
+    put(client, cmd(target=target, asset="victim"), pa.table({"x": pa.array([1, 1], pa.int64())}))
+    before = sorted(p.relative_to(server.cwd) for p in (server.cwd / "data").rglob("*") if p.is_file() and ".duckdb" not in p.name)
+    proc = subprocess.run([sys.executable, "-c", KILLED_CLIENT, server.uri, target])
+    assert proc.returncode == 9
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = sorted(p.relative_to(server.cwd) for p in (server.cwd / "data").rglob("*") if p.is_file() and ".duckdb" not in p.name)
+        if after == before:
+            break
+        time.sleep(0.1)
+    assert after == before, "an aborted put left files behind"
+    assert get(client, target=target, asset="victim").column("x").to_pylist() == [1, 1]
+    info = client.get_flight_info(fl.FlightDescriptor.for_path(target, "victim"))
+    assert json.loads(info.app_metadata)["version"] == 1
