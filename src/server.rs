@@ -3,11 +3,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::info;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
 
 use crate::catalog::SqliteCatalog;
 use crate::config::Config;
@@ -23,13 +26,19 @@ pub fn build_service(config: &Config) -> Result<QuiverService> {
     Ok(QuiverService::new(targets, Arc::new(catalog)))
 }
 
-/// Serves Flight on `listener` until `shutdown` resolves, then lets in-flight calls finish.
+/// How often target health is probed for the gRPC health service.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Serves Flight (and `grpc.health.v1`) on `listener` until `shutdown` resolves, then lets
+/// in-flight calls finish.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let service = build_service(&config)?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let prober = tokio::spawn(report_health(reporter, service.targets().clone()));
     let limit = config.limits.max_message_bytes;
     let flight = FlightServiceServer::new(service)
         .max_decoding_message_size(limit)
@@ -38,11 +47,48 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the listen address: {e}")))?;
     info!(%addr, targets = ?config.resolved_targets().keys().collect::<Vec<_>>(), "quiver is serving Arrow Flight");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
         .add_service(flight)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| Error::internal(format!("the Flight server failed: {e}")))?;
+        .await;
+    prober.abort();
+    served.map_err(|e| Error::internal(format!("the Flight server failed: {e}")))?;
     info!("quiver stopped");
     Ok(())
+}
+
+/// Keeps `grpc.health.v1` current: `quiver.target.<name>` per target, and the whole server
+/// (the empty service name and the Flight service) serving only while every target is healthy.
+async fn report_health(reporter: HealthReporter, targets: Targets) {
+    let mut interval = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        interval.tick().await;
+        let mut healthy = true;
+        for target in targets.iter() {
+            let status = match target.healthcheck().await {
+                Ok(()) => ServingStatus::Serving,
+                Err(e) => {
+                    warn!(target = target.name(), error = %e, "target is unhealthy");
+                    healthy = false;
+                    ServingStatus::NotServing
+                }
+            };
+            reporter
+                .set_service_status(format!("quiver.target.{}", target.name()), status)
+                .await;
+        }
+        let overall = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", overall).await;
+        reporter
+            .set_service_status(
+                <FlightServiceServer<QuiverService> as tonic::server::NamedService>::NAME,
+                overall,
+            )
+            .await;
+    }
 }

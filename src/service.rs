@@ -92,6 +92,11 @@ struct Inner {
 }
 
 impl QuiverService {
+    /// The configured targets.
+    pub fn targets(&self) -> &Targets {
+        &self.inner.targets
+    }
+
     pub fn new(targets: Targets, catalog: Arc<dyn Catalog>) -> Self {
         Self {
             inner: Arc::new(Inner {

@@ -581,3 +581,55 @@ async fn shutdown_lets_in_flight_puts_commit() {
     let dir = stopping.await.unwrap();
     assert!(dir.path().join("data/parquet/in-flight.parquet").is_file());
 }
+
+#[tokio::test]
+async fn grpc_health_reports_the_server_and_each_target() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let server = TestServer::start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    // The first probe runs at start-up; give it a moment.
+    let mut status = ServingStatus::Unknown;
+    for _ in 0..50 {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: "quiver.target.duckdb".into(),
+            })
+            .await;
+        if let Ok(answer) = answer {
+            status = answer.into_inner().status();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, ServingStatus::Serving);
+    for service in [
+        "",
+        "arrow.flight.protocol.FlightService",
+        "quiver.target.parquet",
+    ] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.into_inner().status(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "quiver.target.nope".into(),
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+}
