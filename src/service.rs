@@ -25,7 +25,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, info, warn};
 
-use crate::asset::{AssetKey, Partition};
+use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
 use crate::error::{Error, Result};
 use crate::protocol::{self, AssetCommand, AssetTicket, Mode, PutSummary};
@@ -184,30 +184,7 @@ impl Inner {
         let existing = self.catalog.get(&cmd.target, &cmd.asset).await?;
         self.check_against_existing(&cmd, target.as_ref(), &schema, existing.as_ref())
             .await?;
-        let partition_column = match (&cmd.partition_column, &existing) {
-            (Some(columns), Some(record))
-                if record
-                    .partition_columns
-                    .as_ref()
-                    .is_some_and(|c| c != columns) =>
-            {
-                return Err(Error::failed_precondition(format!(
-                    "asset '{}' in target '{}' is partitioned on {:?}, not {:?}; delete the asset \
-                     first to partition it differently",
-                    cmd.asset,
-                    cmd.target,
-                    record
-                        .partition_columns
-                        .as_ref()
-                        .map(|c| c.columns())
-                        .unwrap_or_default(),
-                    columns.columns()
-                )));
-            }
-            (Some(columns), _) => Some(columns.clone()),
-            (None, Some(record)) if cmd.partition.is_some() => record.partition_columns.clone(),
-            (None, _) => None,
-        };
+        let partition_column = partition_columns_for(&cmd, existing.as_ref())?;
         let evolving = target.schema_policy() == SchemaPolicy::Evolve
             && (cmd.mode != Mode::Overwrite || cmd.partition.is_some());
         let schema_after = match &existing {
@@ -587,6 +564,30 @@ async fn drain(decoder: &mut FlightDataDecoder) -> Result<()> {
         item.map_err(flight_error)?;
     }
     Ok(())
+}
+
+/// The partition columns a put uses: the ones it names, which must match those recorded for
+/// the asset, or else the recorded ones.
+fn partition_columns_for(
+    cmd: &AssetCommand,
+    existing: Option<&AssetRecord>,
+) -> Result<Option<PartitionColumns>> {
+    let recorded = existing.and_then(|r| r.partition_columns.as_ref());
+    match (&cmd.partition_column, recorded) {
+        (Some(named), Some(recorded)) if named != recorded => {
+            Err(Error::failed_precondition(format!(
+                "asset '{}' in target '{}' is partitioned on {:?}, not {:?}; delete the asset \
+                 first to partition it differently",
+                cmd.asset,
+                cmd.target,
+                recorded.columns(),
+                named.columns()
+            )))
+        }
+        (Some(named), _) => Ok(Some(named.clone())),
+        (None, recorded) if cmd.partition.is_some() => Ok(recorded.cloned()),
+        (None, _) => Ok(None),
+    }
 }
 
 fn check_columns(cmd: &AssetCommand, schema: &Schema) -> Result<()> {
