@@ -80,6 +80,10 @@ fn from_flight(err: FlightError) -> Error {
     }
 }
 
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::invalid_request(format!("cannot read {}: {e}", path.display()))
+}
+
 fn read_error(path: &Path) -> impl Fn(ArrowError) -> Error + '_ {
     move |e| Error::invalid_data(format!("cannot read {}: {e}", path.display()))
 }
@@ -135,9 +139,7 @@ fn open_file(path: &Path, format: FileFormat) -> Result<(SchemaRef, Batches)> {
                 .with_header(true)
                 .infer_schema(&mut file, Some(10_000))
                 .map_err(read_error(path))?;
-            file.rewind().map_err(|e| {
-                Error::invalid_request(format!("cannot read {}: {e}", path.display()))
-            })?;
+            file.rewind().map_err(io_error(path))?;
             let schema = Arc::new(schema);
             let reader = arrow_csv::ReaderBuilder::new(Arc::clone(&schema))
                 .with_header(true)
@@ -150,9 +152,7 @@ fn open_file(path: &Path, format: FileFormat) -> Result<(SchemaRef, Batches)> {
             let mut buffered = BufReader::new(file);
             let (schema, _) = arrow_json::reader::infer_json_schema(&mut buffered, Some(10_000))
                 .map_err(read_error(path))?;
-            buffered.rewind().map_err(|e| {
-                Error::invalid_request(format!("cannot read {}: {e}", path.display()))
-            })?;
+            buffered.rewind().map_err(io_error(path))?;
             let schema = Arc::new(schema);
             let reader = arrow_json::ReaderBuilder::new(Arc::clone(&schema))
                 .with_batch_size(BATCH_ROWS)
