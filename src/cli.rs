@@ -146,6 +146,18 @@ pub struct ServeArgs {
     /// from the config file].
     #[arg(long, env = "QUIVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How many servers run this configuration side by side [default: 1, or `replicas` from the
+    /// config file]; above 1, storage one process owns is refused at start-up.
+    #[arg(long, env = "QUIVER_REPLICAS")]
+    pub replicas: Option<u32>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this address [default: off, or
+    /// `[metrics] listen` from the config file].
+    #[arg(long, env = "QUIVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// With no config file (or one without `[targets]`), also enable a `postgres` target
+    /// writing to this database.
+    #[arg(long, env = "QUIVER_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
     /// Log line format.
     #[arg(long, env = "QUIVER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -166,6 +178,13 @@ impl ServeArgs {
         }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
+        }
+        config.postgres_url = self.postgres_url.clone();
+        if let Some(replicas) = self.replicas {
+            config.replicas = replicas;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics.listen = Some(addr);
         }
         config.validate()?;
         Ok(config)

@@ -26,6 +26,10 @@ pub struct Config {
     /// Address the Flight service listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// How many servers run this configuration side by side. Above 1, start-up refuses
+    /// storage one process owns (SQLite catalog, DuckDB, local file roots).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     /// Directory holding the catalog and the default roots of file targets.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -33,20 +37,29 @@ pub struct Config {
     pub catalog: CatalogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Named targets. When absent, the built-in `parquet`, `json`, `csv`, `arrow` and `duckdb`
     /// targets are enabled under `data_dir`. When present, exactly these targets exist.
     #[serde(default)]
     pub targets: Option<BTreeMap<String, TargetConfig>>,
+    /// With no `[targets]` table, a `postgres` target is added for this URL
+    /// (`QUIVER_POSTGRES_URL`). Not read from the file.
+    #[serde(skip)]
+    pub postgres_url: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            replicas: default_replicas(),
             data_dir: default_data_dir(),
             catalog: CatalogConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
             targets: None,
+            postgres_url: None,
         }
     }
 }
@@ -55,16 +68,67 @@ fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("a valid default address")
 }
 
+fn default_replicas() -> u32 {
+    1
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
 
 /// Where the catalog of assets is kept.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
     /// SQLite file of the embedded catalog. Default: `<data_dir>/catalog.sqlite`.
     pub path: Option<PathBuf>,
+    /// A PostgreSQL URL: keep the catalog there instead, shared by every server using it.
+    pub url: Option<String>,
+    /// Schema of the PostgreSQL catalog's tables.
+    #[serde(default = "default_catalog_schema")]
+    pub schema: String,
+    /// CA file for `sslmode=verify-ca` / `verify-full` in `url`.
+    pub ca_file: Option<PathBuf>,
+    /// Most connections to the PostgreSQL catalog.
+    #[serde(default = "default_postgres_pool_size")]
+    pub pool_size: usize,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            url: None,
+            schema: default_catalog_schema(),
+            ca_file: None,
+            pool_size: default_postgres_pool_size(),
+        }
+    }
+}
+
+/// The URL holds a password: never print it.
+impl std::fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("path", &self.path)
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("schema", &self.schema)
+            .field("ca_file", &self.ca_file)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+fn default_catalog_schema() -> String {
+    "quiver".to_string()
+}
+
+/// The HTTP endpoint for Prometheus and Kubernetes probes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address serving `/metrics`, `/healthz` and `/readyz`; off when absent.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Limits on what clients may send.
@@ -97,6 +161,7 @@ pub enum TargetConfig {
     Csv(FileConfig),
     Arrow(ArrowConfig),
     Duckdb(DuckDbConfig),
+    Postgres(PostgresConfig),
 }
 
 impl TargetConfig {
@@ -107,6 +172,7 @@ impl TargetConfig {
             Self::Csv(_) => "csv",
             Self::Arrow(_) => "arrow",
             Self::Duckdb(_) => "duckdb",
+            Self::Postgres(_) => "postgres",
         }
     }
 
@@ -127,6 +193,7 @@ impl TargetConfig {
                 }
                 return;
             }
+            Self::Postgres(_) => return,
         };
         if root.is_none() {
             *root = Some(data_dir.join(name).to_string_lossy().into_owned());
@@ -214,7 +281,89 @@ pub struct DuckDbConfig {
     pub memory_limit: Option<String>,
 }
 
+/// PostgreSQL target settings.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database?sslmode=...`; `sslmode` may be `disable`,
+    /// `prefer`, `require`, `verify-ca` or `verify-full`, `sslrootcert` a CA file.
+    pub url: String,
+    /// Schema of assets whose key has a single segment.
+    #[serde(default = "default_postgres_schema")]
+    pub schema: String,
+    /// PEM file of the certificate authorities trusted for `verify-ca` / `verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// Most connections the target opens; each running put or read holds one.
+    #[serde(default = "default_postgres_pool_size")]
+    pub pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// A target for `url` with every other setting at its default.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: default_postgres_schema(),
+            ca_file: None,
+            pool_size: default_postgres_pool_size(),
+        }
+    }
+}
+
+/// The URL holds a password: never print it.
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"<redacted>")
+            .field("schema", &self.schema)
+            .field("ca_file", &self.ca_file)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+fn default_postgres_schema() -> String {
+    "public".to_string()
+}
+
+fn default_postgres_pool_size() -> usize {
+    8
+}
+
 impl Config {
+    /// With several replicas, every piece of state must live in shared storage.
+    fn check_shareable(&self, targets: &BTreeMap<String, TargetConfig>) -> Result<()> {
+        let replicas = self.replicas;
+        if self.catalog.url.is_none() {
+            return Err(Error::config(format!(
+                "replicas = {replicas} needs a shared catalog: set [catalog] url = \"postgres://…\" \
+                 (the SQLite catalog belongs to one process)"
+            )));
+        }
+        for (name, target) in targets {
+            let root = match target {
+                TargetConfig::Duckdb(_) => {
+                    return Err(Error::config(format!(
+                        "replicas = {replicas}: target '{name}' is DuckDB, whose database file one \
+                         process owns; remove it or run one replica"
+                    )));
+                }
+                TargetConfig::Postgres(_) => continue,
+                TargetConfig::Parquet(c) => c.root.as_deref(),
+                TargetConfig::Arrow(c) => c.root.as_deref(),
+                TargetConfig::Json(c) | TargetConfig::Csv(c) => c.root.as_deref(),
+            };
+            let shared = root.is_some_and(|r| r.starts_with("s3://"));
+            if !shared {
+                return Err(Error::config(format!(
+                    "replicas = {replicas}: target '{name}' keeps files on a local path, which \
+                     other replicas cannot see; give it an s3:// root or run one replica"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a TOML file; unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -231,7 +380,7 @@ impl Config {
     /// The targets this configuration enables, with every default filled in.
     pub fn resolved_targets(&self) -> BTreeMap<String, TargetConfig> {
         let mut targets = self.targets.clone().unwrap_or_else(|| {
-            BTreeMap::from([
+            let mut defaults = BTreeMap::from([
                 (
                     "parquet".to_string(),
                     TargetConfig::Parquet(ParquetConfig::default()),
@@ -249,7 +398,14 @@ impl Config {
                     "duckdb".to_string(),
                     TargetConfig::Duckdb(DuckDbConfig::default()),
                 ),
-            ])
+            ]);
+            if let Some(url) = &self.postgres_url {
+                defaults.insert(
+                    "postgres".to_string(),
+                    TargetConfig::Postgres(PostgresConfig::from_url(url)),
+                );
+            }
+            defaults
         });
         for (name, target) in &mut targets {
             target.default_location(&self.data_dir, name);
@@ -272,7 +428,22 @@ impl Config {
                 "limits.max_message_bytes must be at least 1024",
             ));
         }
+        if let Some(url) = &self.catalog.url {
+            if self.catalog.path.is_some() {
+                return Err(Error::config(
+                    "[catalog] sets both path (SQLite) and url (PostgreSQL); keep one",
+                ));
+            }
+            crate::targets::postgres::connection::settings(url, self.catalog.ca_file.as_deref())
+                .map_err(|e| Error::config(format!("[catalog] {e}")))?;
+            if self.catalog.pool_size == 0 {
+                return Err(Error::config("[catalog] pool_size must be at least 1"));
+            }
+        }
         let targets = self.resolved_targets();
+        if self.replicas > 1 {
+            self.check_shareable(&targets)?;
+        }
         if targets.is_empty() {
             return Err(Error::config(
                 "no targets are configured; add a [targets.<name>] table with a kind",
@@ -293,6 +464,15 @@ impl Config {
                     if c.threads == Some(0) {
                         return Err(Error::config(format!(
                             "[targets.{name}] threads must be at least 1"
+                        )));
+                    }
+                }
+                TargetConfig::Postgres(c) => {
+                    crate::targets::postgres::connection::settings(&c.url, c.ca_file.as_deref())
+                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
+                    if c.pool_size == 0 {
+                        return Err(Error::config(format!(
+                            "[targets.{name}] pool_size must be at least 1"
                         )));
                     }
                 }
@@ -357,7 +537,7 @@ mod tests {
             "listen_addr = \"0.0.0.0:1\"",
             "[targets.a]\nkind = \"parquet\"\ncompresion = \"zstd\"",
             "[targets.a]\nkind = \"parquett\"",
-            "[catalog]\nurl = \"x\"",
+            "[catalog]\nuri = \"x\"",
         ] {
             assert!(Config::from_toml(text).is_err(), "{text}");
         }
@@ -374,5 +554,27 @@ mod tests {
         let bad_ipc =
             Config::from_toml("[targets.a]\nkind = \"arrow\"\ncompression = \"gzip\"").unwrap();
         assert!(bad_ipc.validate().is_err());
+    }
+
+    #[test]
+    fn several_replicas_need_shared_storage() {
+        let mut config = Config {
+            replicas: 3,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("[catalog] url"), "{err}");
+        config.catalog.url = Some("postgres://u:pw@db/quiver".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("DuckDB") || err.contains("local path"),
+            "{err}"
+        );
+        assert!(!err.contains("pw@"), "{err}");
+        config.targets = Some(BTreeMap::from([(
+            "warehouse".to_string(),
+            TargetConfig::Postgres(PostgresConfig::from_url("postgres://u@db/w")),
+        )]));
+        config.validate().unwrap();
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod service;

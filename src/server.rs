@@ -12,33 +12,89 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use crate::catalog::SqliteCatalog;
+use crate::catalog::{Catalog, PostgresCatalog, SqliteCatalog};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::service::QuiverService;
 use crate::targets::Targets;
 
 /// Builds the service a configuration describes: opens the catalog and every target.
-pub fn build_service(config: &Config) -> Result<QuiverService> {
+pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<QuiverService> {
     config.validate()?;
-    let catalog = SqliteCatalog::open(&config.catalog_path())?;
+    let catalog: Arc<dyn Catalog> = match &config.catalog.url {
+        Some(url) => Arc::new(
+            PostgresCatalog::open(
+                url,
+                &config.catalog.schema,
+                config.catalog.ca_file.as_deref(),
+                config.catalog.pool_size,
+            )
+            .await?,
+        ),
+        None => Arc::new(SqliteCatalog::open(&config.catalog_path())?),
+    };
     let targets = Targets::from_config(&config.resolved_targets())?;
-    Ok(QuiverService::new(targets, Arc::new(catalog)))
+    Ok(QuiverService::new(targets, catalog, metrics))
 }
 
 /// How often target health is probed for the gRPC health service.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serves Flight (and `grpc.health.v1`) on `listener` until `shutdown` resolves, then lets
-/// in-flight calls finish.
+/// in-flight calls finish. Binds the metrics address from the configuration, if any.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let service = build_service(&config)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::config(format!("cannot listen for metrics on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    serve_on(config, listener, metrics_listener, shutdown).await
+}
+
+/// [`serve`] with the metrics listener bound by the caller.
+pub async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let service = build_service(&config, Arc::clone(&metrics)).await?;
+    // One shutdown signal for both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let http = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            info!(?addr, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(crate::metrics::serve_http(
+                Arc::clone(&metrics),
+                listener,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
-    let prober = tokio::spawn(report_health(reporter, service.targets().clone()));
+    let prober = tokio::spawn(report_health(
+        reporter,
+        service.targets().clone(),
+        Arc::clone(&metrics),
+    ));
     let limit = config.limits.max_message_bytes;
     let flight = FlightServiceServer::new(service)
         .max_decoding_message_size(limit)
@@ -50,9 +106,16 @@ pub async fn serve(
     let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(flight)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx))
         .await;
     prober.abort();
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => warn!(error = %e, "the metrics server failed"),
+            Err(e) => warn!(error = %e, "the metrics server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     served.map_err(|e| Error::internal(format!("the Flight server failed: {e}")))?;
     info!("quiver stopped");
     Ok(())
@@ -60,11 +123,12 @@ pub async fn serve(
 
 /// Keeps `grpc.health.v1` current: `quiver.target.<name>` per target, and the whole server
 /// (the empty service name and the Flight service) serving only while every target is healthy.
-async fn report_health(reporter: HealthReporter, targets: Targets) {
+async fn report_health(reporter: HealthReporter, targets: Targets, metrics: Arc<Metrics>) {
     let mut interval = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         interval.tick().await;
         let mut healthy = true;
+        let mut results = Vec::new();
         for target in targets.iter() {
             let status = match target.healthcheck().await {
                 Ok(()) => ServingStatus::Serving,
@@ -74,6 +138,7 @@ async fn report_health(reporter: HealthReporter, targets: Targets) {
                     ServingStatus::NotServing
                 }
             };
+            results.push((target.name().to_string(), status == ServingStatus::Serving));
             reporter
                 .set_service_status(format!("quiver.target.{}", target.name()), status)
                 .await;
@@ -83,6 +148,7 @@ async fn report_health(reporter: HealthReporter, targets: Targets) {
         } else {
             ServingStatus::NotServing
         };
+        metrics.health_checked(&results);
         reporter.set_service_status("", overall).await;
         reporter
             .set_service_status(

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
@@ -28,6 +28,7 @@ use tracing::{Instrument, Span, info, warn};
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, status_label};
 use crate::protocol::{self, AssetCommand, AssetTicket, Mode, PutSummary};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target, Targets,
@@ -89,6 +90,7 @@ struct Inner {
     targets: Targets,
     catalog: Arc<dyn Catalog>,
     locks: Locks,
+    metrics: Arc<Metrics>,
 }
 
 impl QuiverService {
@@ -97,12 +99,13 @@ impl QuiverService {
         &self.inner.targets
     }
 
-    pub fn new(targets: Targets, catalog: Arc<dyn Catalog>) -> Self {
+    pub fn new(targets: Targets, catalog: Arc<dyn Catalog>, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 targets,
                 catalog,
                 locks: Locks::default(),
+                metrics,
             }),
         }
     }
@@ -123,7 +126,11 @@ fn same_fields(a: &Schema, b: &Schema) -> bool {
 
 impl Inner {
     /// Runs one DoPut from the first message to the commit.
-    async fn put(&self, mut input: Streaming<FlightData>) -> Result<PutSummary> {
+    async fn put(
+        &self,
+        mut input: Streaming<FlightData>,
+        seen: &OnceLock<String>,
+    ) -> Result<PutSummary> {
         let started = Instant::now();
         let first = match input.message().await {
             Ok(Some(first)) => first,
@@ -143,6 +150,8 @@ impl Inner {
         Span::current().record("target", cmd.target.as_str());
         Span::current().record("asset", cmd.asset.to_string());
         let target = Arc::clone(self.targets.get(&cmd.target)?);
+        let _ = seen.set(cmd.target.clone());
+        let _running = self.metrics.put_running(&cmd.target);
         if !target.modes().contains(&cmd.mode) {
             return Err(Error::UnsupportedMode {
                 target: cmd.target.clone(),
@@ -174,6 +183,8 @@ impl Inner {
 
         let lock = self.locks.get(&cmd.target, &cmd.asset);
         let _put = lock.put.lock().await;
+        // Other servers sharing the catalog write this asset one at a time too.
+        let _shared = self.catalog.lock_asset(&cmd.target, &cmd.asset).await?;
         if let Some(key) = &cmd.idempotency_key
             && let Some(previous) = self.catalog.replay(&cmd.target, &cmd.asset, key).await?
         {
@@ -318,13 +329,18 @@ impl Inner {
     }
 
     /// Opens an asset for DoGet.
-    async fn open(&self, ticket: AssetTicket) -> Result<(SchemaRef, SendableBatchStream)> {
+    async fn open(
+        &self,
+        ticket: AssetTicket,
+        seen: &OnceLock<String>,
+    ) -> Result<(SchemaRef, SendableBatchStream)> {
         let target_name = self
             .resolve_target(ticket.target.as_deref(), &ticket.asset)
             .await?;
         Span::current().record("target", target_name.as_str());
         Span::current().record("asset", ticket.asset.to_string());
         let target = Arc::clone(self.targets.get(&target_name)?);
+        let _ = seen.set(target_name.clone());
         let lock = self.locks.get(&target_name, &ticket.asset);
         let _visible = lock.visible.read().await;
         let record = self.record(&target_name, &ticket.asset).await?;
@@ -363,8 +379,14 @@ impl Inner {
         // Batches carry exactly the recorded schema, metadata included, whatever the reader
         // attached to them.
         let exact = Arc::clone(&schema);
+        let metrics = Arc::clone(&self.metrics);
         let stream = batches.map(move |batch| {
             let batch = batch?;
+            metrics.batch_read(
+                &target_name,
+                batch.num_rows() as u64,
+                batch.get_array_memory_size() as u64,
+            );
             RecordBatch::try_new(Arc::clone(&exact), batch.columns().to_vec()).map_err(|e| {
                 Error::internal(format!(
                     "a stored batch does not match the catalog schema: {e}"
@@ -452,6 +474,11 @@ impl Inner {
         let target = Arc::clone(self.targets.get(&action.target)?);
         let lock = self.locks.get(&action.target, &action.asset);
         let _put = lock.put.lock().await;
+        // Other servers sharing the catalog write this asset one at a time too.
+        let _shared = self
+            .catalog
+            .lock_asset(&action.target, &action.asset)
+            .await?;
         let _visible = lock.visible.write().await;
         let record = self.record(&action.target, &action.asset).await?;
         let partitions: Vec<Partition> = match &action.partition {
@@ -809,7 +836,13 @@ impl FlightService for QuiverService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = protocol::parse_ticket(&request.into_inner().ticket)?;
-        let (schema, batches) = self.inner.open(ticket).await?;
+        let seen = OnceLock::new();
+        let opened = self.inner.open(ticket, &seen).await;
+        self.inner.metrics.get_opened(
+            seen.get().map_or("unknown", String::as_str),
+            status_label(&opened),
+        );
+        let (schema, batches) = opened?;
         // Dictionaries are sent as dictionaries: a read returns exactly the types written.
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -831,9 +864,25 @@ impl FlightService for QuiverService {
         // the task sees the broken stream and aborts the writer.
         let inner = Arc::clone(&self.inner);
         let span = Span::current();
-        let task =
-            tokio::spawn(async move { inner.put(request.into_inner()).await }.instrument(span));
-        let summary = task.await.map_err(Error::from)??;
+        let started = Instant::now();
+        let seen = Arc::new(OnceLock::new());
+        let task_seen = Arc::clone(&seen);
+        let task = tokio::spawn(
+            async move { inner.put(request.into_inner(), &task_seen).await }.instrument(span),
+        );
+        let result = task.await.map_err(Error::from).and_then(|r| r);
+        let (rows, bytes) = match &result {
+            Ok(s) if !s.replayed => (s.rows, s.bytes),
+            _ => (0, 0),
+        };
+        self.inner.metrics.put_finished(
+            seen.get().map_or("unknown", String::as_str),
+            status_label(&result),
+            started.elapsed(),
+            rows,
+            bytes,
+        );
+        let summary = result?;
         let metadata = serde_json::to_vec(&summary).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(once(PutResult {
             app_metadata: metadata.into(),

@@ -633,3 +633,51 @@ async fn grpc_health_reports_the_server_and_each_target() {
         .await;
     assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn metrics_and_probes_answer_over_http() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let (status, body) = server.http_get("/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    // Ready once the first round of target health checks has passed.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = server.http_get("/readyz").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200);
+
+    let b = numbered(0, 5);
+    put(
+        &mut client,
+        path(&["parquet", "m", "one"]),
+        b.schema(),
+        vec![b.clone()],
+    )
+    .await
+    .unwrap();
+    let refused = put(&mut client, path(&["nowhere", "m"]), b.schema(), vec![b]).await;
+    assert!(refused.is_err());
+    get(&mut client, json!({"target": "parquet", "asset": "m/one"}))
+        .await
+        .unwrap();
+    let (status, text) = server.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "quiver_puts_total{target=\"parquet\",status=\"Ok\"} 1",
+        "quiver_puts_total{target=\"unknown\",status=\"NotFound\"} 1",
+        "quiver_rows_written_total{target=\"parquet\"} 5",
+        "quiver_gets_total{target=\"parquet\",status=\"Ok\"} 1",
+        "quiver_rows_read_total{target=\"parquet\"} 5",
+        "quiver_puts_in_flight{target=\"parquet\"} 0",
+        "quiver_put_duration_seconds_count{target=\"parquet\"} 1",
+        "quiver_target_up{target=\"duckdb\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in:\n{text}");
+    }
+    assert_eq!(server.http_get("/nothing").await.0, 404);
+}

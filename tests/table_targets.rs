@@ -11,8 +11,9 @@ use arrow_schema::{DataType, Field, Schema};
 use serde_json::json;
 use tonic::Code;
 
+use common::postgres::TestDb;
 use common::*;
-use conformance::{Profile, run};
+use conformance::{Profile, run, run_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_conforms() {
@@ -72,10 +73,30 @@ fn s(v: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_append_upsert_and_evolution() {
     let server = TestServer::start().await;
+    append_upsert_and_evolution(&server, "duckdb").await;
+    let dir = server.stop().await;
+    // The data is an ordinary DuckDB table that SQL users can query.
+    let db = duckdb::Connection::open(dir.path().join("data/quiver.duckdb")).unwrap();
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM analytics.orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 6);
+    let stray: i64 = db
+        .query_row(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = '__quiver'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stray, 0, "no staging table survives a put");
+}
+
+/// Append, upsert (last duplicate wins), schema evolution and its refusals, null keys.
+async fn append_upsert_and_evolution(server: &TestServer, target: &str) {
     let mut client = server.client().await;
     let asset = "analytics/orders";
     let write = |mode: &str, b: &RecordBatch| {
-        let mut command = json!({"target": "duckdb", "asset": asset, "mode": mode});
+        let mut command = json!({"target": target, "asset": asset, "mode": mode});
         if mode == "upsert" {
             command["key"] = json!(["id"]);
         }
@@ -100,7 +121,7 @@ async fn duckdb_append_upsert_and_evolution() {
         (result["mode"].clone(), result["rows"].clone()),
         (json!("append"), json!(1))
     );
-    let got = get(&mut client, json!({"target": "duckdb", "asset": asset}))
+    let got = get(&mut client, json!({"target": target, "asset": asset}))
         .await
         .unwrap()
         .1;
@@ -113,7 +134,7 @@ async fn duckdb_append_upsert_and_evolution() {
     ]);
     let (d, sc, b) = write("upsert", &changes);
     put(&mut client, d, sc, b).await.unwrap();
-    let got = get(&mut client, json!({"target": "duckdb", "asset": asset}))
+    let got = get(&mut client, json!({"target": target, "asset": asset}))
         .await
         .unwrap()
         .1;
@@ -128,7 +149,7 @@ async fn duckdb_append_upsert_and_evolution() {
         ]
     );
     let info = client
-        .get_flight_info(path(&["duckdb", "analytics", "orders"]))
+        .get_flight_info(path(&[target, "analytics", "orders"]))
         .await
         .unwrap();
     assert_eq!(
@@ -145,7 +166,7 @@ async fn duckdb_append_upsert_and_evolution() {
     let (d, sc, b) = write("append", &wider);
     put(&mut client, d, sc, b).await.unwrap();
     let schema = client
-        .get_schema(path(&["duckdb", "analytics", "orders"]))
+        .get_schema(path(&[target, "analytics", "orders"]))
         .await
         .unwrap();
     assert_eq!(
@@ -158,7 +179,7 @@ async fn duckdb_append_upsert_and_evolution() {
     );
     let got = get(
         &mut client,
-        json!({"target": "duckdb", "asset": asset, "columns": ["id", "note"]}),
+        json!({"target": target, "asset": asset, "columns": ["id", "note"]}),
     )
     .await
     .unwrap()
@@ -202,7 +223,7 @@ async fn duckdb_append_upsert_and_evolution() {
     let upsert = |b: &RecordBatch| {
         (
             cmd(
-                json!({"target": "duckdb", "asset": "analytics/nullable", "mode": "upsert", "key": ["id"]}),
+                json!({"target": target, "asset": "analytics/nullable", "mode": "upsert", "key": ["id"]}),
             ),
             b.schema(),
             vec![b.clone()],
@@ -226,33 +247,22 @@ async fn duckdb_append_upsert_and_evolution() {
     );
     let got = get(
         &mut client,
-        json!({"target": "duckdb", "asset": "analytics/nullable"}),
+        json!({"target": target, "asset": "analytics/nullable"}),
     )
     .await
     .unwrap()
     .1;
     assert_eq!(pairs(&got, "status"), [(1, s("a"))]);
-
-    let dir = server.stop().await;
-    // The data is an ordinary DuckDB table that SQL users can query.
-    let db = duckdb::Connection::open(dir.path().join("data/quiver.duckdb")).unwrap();
-    let count: i64 = db
-        .query_row("SELECT count(*) FROM analytics.orders", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(count, 6);
-    let stray: i64 = db
-        .query_row(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = '__quiver'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(stray, 0, "no staging table survives a put");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_partition_replace_is_exact() {
     let server = TestServer::start().await;
+    partition_replace_is_exact(&server, "duckdb").await;
+}
+
+/// Partition replace touches only its partition and refuses rows of other partitions.
+async fn partition_replace_is_exact(server: &TestServer, target: &str) {
     let mut client = server.client().await;
     let day = |tag: i64, n: usize, date: &str| {
         batch(vec![
@@ -271,7 +281,7 @@ async fn duckdb_partition_replace_is_exact() {
     };
     let descriptor = |key: &str| {
         cmd(
-            json!({"target": "duckdb", "asset": "sales", "partition": key, "partition_column": "date"}),
+            json!({"target": target, "asset": "sales", "partition": key, "partition_column": "date"}),
         )
     };
     for (key, tag, n) in [("2024-01-01", 1, 3), ("2024-01-02", 2, 4)] {
@@ -290,7 +300,7 @@ async fn duckdb_partition_replace_is_exact() {
     )
     .await;
     assert_status(refused, Code::InvalidArgument, "do not have that key");
-    let all = get(&mut client, json!({"target": "duckdb", "asset": "sales"}))
+    let all = get(&mut client, json!({"target": target, "asset": "sales"}))
         .await
         .unwrap()
         .1;
@@ -299,7 +309,7 @@ async fn duckdb_partition_replace_is_exact() {
     let b = day(3, 1, "2024-01-01");
     let no_column = put(
         &mut client,
-        cmd(json!({"target": "duckdb", "asset": "other", "partition": "2024-01-01"})),
+        cmd(json!({"target": target, "asset": "other", "partition": "2024-01-01"})),
         b.schema(),
         vec![b],
     )
@@ -309,7 +319,7 @@ async fn duckdb_partition_replace_is_exact() {
     let b = day(1, 1, "x");
     put(
         &mut client,
-        path(&["duckdb", "lake", "t"]),
+        path(&[target, "lake", "t"]),
         b.schema(),
         vec![b.clone()],
     )
@@ -317,7 +327,13 @@ async fn duckdb_partition_replace_is_exact() {
     .unwrap();
     let clash = put(
         &mut client,
-        path(&["duckdb", "other", "lake", "T"]),
+        // DuckDB folds identifier case; PostgreSQL keeps quoted names as given.
+        path(&[
+            target,
+            "other",
+            "lake",
+            if target == "duckdb" { "T" } else { "t" },
+        ]),
         b.schema(),
         vec![b],
     )
@@ -327,9 +343,14 @@ async fn duckdb_partition_replace_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_concurrent_puts_to_different_tables_all_commit() {
+    let server = TestServer::start().await;
+    concurrent_puts_to_different_tables_all_commit(&server, "duckdb").await;
+}
+
+/// Four puts to four tables of one target, with overlapping transactions, all commit.
+async fn concurrent_puts_to_different_tables_all_commit(server: &TestServer, target: &str) {
     use arrow_flight::encode::FlightDataEncoderBuilder;
     use futures::{SinkExt, TryStreamExt};
-    let server = TestServer::start().await;
     // Every put is held open until all have started, so their transactions overlap.
     let mut senders = Vec::new();
     let mut calls = Vec::new();
@@ -338,7 +359,7 @@ async fn duckdb_concurrent_puts_to_different_tables_all_commit() {
         let (tx, rx) = futures::channel::mpsc::channel(2);
         let encoded = FlightDataEncoderBuilder::new()
             .with_flight_descriptor(Some(cmd(
-                json!({"target": "duckdb", "asset": format!("shared/t{i}")}),
+                json!({"target": target, "asset": format!("shared/t{i}")}),
             )))
             .build(rx);
         calls.push(tokio::spawn(async move {
@@ -365,10 +386,295 @@ async fn duckdb_concurrent_puts_to_different_tables_all_commit() {
     for i in 0..4 {
         let (_, got) = get(
             &mut client,
-            json!({"target": "duckdb", "asset": format!("shared/t{i}")}),
+            json!({"target": target, "asset": format!("shared/t{i}")}),
         )
         .await
         .unwrap();
         assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
     }
+}
+
+/// The PostgreSQL target's conformance profile: nanosecond values finer than PostgreSQL's
+/// microseconds are refused by name.
+const POSTGRES: Profile = Profile {
+    target: "postgres",
+    refuses: &["ts_ns", "ts_ns_offset", "time64_ns"],
+    extra_modes: &["append", "upsert"],
+    extension: None,
+};
+
+/// A server whose only target is `postgres`, on a fresh database.
+async fn postgres_server() -> (TestDb, TestServer) {
+    let db = TestDb::create().await;
+    let server = TestServer::start_with_toml(&db.toml("postgres")).await;
+    (db, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conforms() {
+    let (db, server) = postgres_server().await;
+    run_on(server, &POSTGRES).await;
+    let pg = db.client().await;
+    let leftovers: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_\\_quiver%' OR relname LIKE 'quiver_stage%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0, "aborted puts leave no tables behind");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_append_upsert_and_evolution() {
+    let (db, server) = postgres_server().await;
+    append_upsert_and_evolution(&server, "postgres").await;
+    server.stop().await;
+    // The data is an ordinary table with a unique index on the upsert key.
+    let pg = db.client().await;
+    let count: i64 = pg
+        .query_one("SELECT count(*) FROM analytics.orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 6);
+    let unique: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'analytics' \
+             AND tablename = 'orders' AND indexdef LIKE 'CREATE UNIQUE INDEX%(id)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unique, 1, "upsert keeps a unique index on its key");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_partition_replace_is_exact() {
+    let (db, server) = postgres_server().await;
+    partition_replace_is_exact(&server, "postgres").await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_puts_to_different_tables_all_commit() {
+    let (db, server) = postgres_server().await;
+    concurrent_puts_to_different_tables_all_commit(&server, "postgres").await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_columns_have_native_types() {
+    let (db, server) = postgres_server().await;
+    let mut client = server.client().await;
+    let matrix = conformance::type_matrix();
+    let keep: Vec<usize> = (0..matrix.num_columns())
+        .filter(|i| {
+            !POSTGRES
+                .refuses
+                .contains(&matrix.schema().field(*i).name().as_str())
+        })
+        .collect();
+    let batch = matrix.project(&keep).unwrap();
+    put(
+        &mut client,
+        path(&["postgres", "types"]),
+        batch.schema(),
+        vec![batch],
+    )
+    .await
+    .unwrap();
+    let pg = db.client().await;
+    let rows = pg
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = 'types'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let types: std::collections::HashMap<String, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for (column, expected) in [
+        ("i8", "smallint"),
+        ("u32", "bigint"),
+        ("u64", "numeric"),
+        ("f32", "real"),
+        ("decimal", "numeric"),
+        ("utf8", "text"),
+        ("binary", "bytea"),
+        ("date32", "date"),
+        ("ts_us", "timestamp without time zone"),
+        ("ts_us_utc", "timestamp with time zone"),
+        ("time64_us", "time without time zone"),
+        ("list", "jsonb"),
+        ("struct", "jsonb"),
+        ("dict", "text"),
+    ] {
+        assert_eq!(types[column], expected, "column {column}");
+    }
+    // NUMERIC keeps every digit, beyond what a float could hold.
+    let text: String = pg
+        .query_one(
+            "SELECT decimal::text FROM public.types WHERE decimal > 1e27",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(text, "9999999999999999999999999999.9999999999");
+    let list: String = pg
+        .query_one("SELECT list::text FROM public.types WHERE i32 = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(list, "[]");
+    let instant: String = pg
+        .query_one(
+            "SELECT to_char(ts_us_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM public.types WHERE i32 = 2147483647",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(instant, "2023-11-14 22:13:20.123456");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_values_it_cannot_store() {
+    let (db, server) = postgres_server().await;
+    let mut client = server.client().await;
+    let nul = batch(vec![("s", strs(&["ok", "bad\0byte"]), true)]);
+    assert_status(
+        put(
+            &mut client,
+            path(&["postgres", "nul"]),
+            nul.schema(),
+            vec![nul],
+        )
+        .await,
+        Code::InvalidArgument,
+        "column 's'",
+    );
+    let long = "x".repeat(64);
+    let b = batch(vec![("id", ids(&[1]), false)]);
+    assert_status(
+        put(&mut client, path(&["postgres", &long]), b.schema(), vec![b]).await,
+        Code::InvalidArgument,
+        "at most 63",
+    );
+    // A table this catalog did not write is not appended to blindly.
+    let pg = db.client().await;
+    pg.batch_execute("CREATE TABLE public.foreign_rows (id bigint)")
+        .await
+        .unwrap();
+    let b = batch(vec![("id", ids(&[1]), false)]);
+    assert_status(
+        put(
+            &mut client,
+            cmd(json!({"target": "postgres", "asset": "foreign_rows", "mode": "append"})),
+            b.schema(),
+            vec![b.clone()],
+        )
+        .await,
+        Code::FailedPrecondition,
+        "overwrite the asset",
+    );
+    // Overwriting takes the table over.
+    put(
+        &mut client,
+        path(&["postgres", "foreign_rows"]),
+        b.schema(),
+        vec![b],
+    )
+    .await
+    .unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_unavailable() {
+    // Nothing listens on port 1.
+    let server = TestServer::start_with_toml(
+        "[targets.postgres]\nkind = \"postgres\"\nurl = \"postgres://quiver:secret@127.0.0.1:1/none\"\n",
+    )
+    .await;
+    let mut client = server.client().await;
+    let b = batch(vec![("id", ids(&[1]), false)]);
+    let result = put(&mut client, path(&["postgres", "t"]), b.schema(), vec![b]).await;
+    let err = assert_status(result, Code::Unavailable, "postgres://127.0.0.1:1/none");
+    assert!(!err.contains("secret"), "the password never shows: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_modes_connect_and_verify() {
+    let db = TestDb::create().await;
+    let pg = db.client().await;
+    let ssl: String = pg.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    let cert: String = pg
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ssl, "on", "the test server must have TLS enabled");
+    let url = |host: &str, mode: &str| {
+        let mut u = url::Url::parse(&db.url).unwrap();
+        u.set_host(Some(host)).unwrap();
+        u.query_pairs_mut().append_pair("sslmode", mode);
+        u.to_string()
+    };
+    let config = format!(
+        "[targets.required]\nkind = \"postgres\"\nurl = \"{}\"\n\
+         [targets.verified]\nkind = \"postgres\"\nurl = \"{}\"\nca_file = \"{cert}\"\n\
+         [targets.wrong_host]\nkind = \"postgres\"\nurl = \"{}\"\nca_file = \"{cert}\"\n\
+         [targets.chain_only]\nkind = \"postgres\"\nurl = \"{}\"\nca_file = \"{cert}\"\n",
+        url("127.0.0.1", "require"),
+        url("localhost", "verify-full"),
+        url("127.0.0.1", "verify-full"),
+        url("127.0.0.1", "verify-ca"),
+    );
+    let server = TestServer::start_with_toml(&config).await;
+    let mut client = server.client().await;
+    let b = batch(vec![("id", ids(&[1, 2]), false)]);
+    for target in ["required", "verified", "chain_only"] {
+        put(
+            &mut client,
+            path(&[target, target]),
+            b.schema(),
+            vec![b.clone()],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{target}: {e}"));
+    }
+    // The certificate names localhost, not 127.0.0.1.
+    assert_status(
+        put(
+            &mut client,
+            path(&["wrong_host", "t"]),
+            b.schema(),
+            vec![b.clone()],
+        )
+        .await,
+        Code::Unavailable,
+        "wrong_host",
+    );
+    // Every connection of the verified targets is encrypted.
+    let encrypted: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'quiver' AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 3, "{encrypted} TLS connections");
+    server.stop().await;
+    drop(pg);
+    db.drop().await;
 }

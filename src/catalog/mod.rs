@@ -3,6 +3,7 @@
 //! The embedded backend is SQLite; the [`Catalog`] trait keeps the service independent of it so
 //! a shared backend can serve a cluster of servers.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -18,7 +19,11 @@ use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, PutSummary};
 
+pub use postgres::PostgresCatalog;
 pub use sqlite::SqliteCatalog;
+
+/// Held while one put writes an asset; dropping it lets the next writer in.
+pub type AssetGuard = Box<dyn Send + Sync>;
 
 /// How an asset is partitioned; fixed by its first write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +129,37 @@ pub struct HistoryEntry {
     pub idempotency_key: Option<String>,
 }
 
+impl HistoryEntry {
+    /// The answer a put with this entry's idempotency key gets again.
+    pub fn replayed(self, target: &str, asset: &str) -> PutSummary {
+        PutSummary {
+            asset: asset.to_string(),
+            target: target.to_string(),
+            mode: self.mode,
+            partition: self.partition,
+            rows: self.rows,
+            bytes: self.bytes,
+            location: self.location,
+            version: self.version,
+            duration_ms: self.duration_ms,
+            idempotency_key: self.idempotency_key,
+            replayed: true,
+        }
+    }
+}
+
+pub(crate) fn parse_mode(text: &str) -> Result<Mode> {
+    match text {
+        "overwrite" => Ok(Mode::Overwrite),
+        "append" => Ok(Mode::Append),
+        "upsert" => Ok(Mode::Upsert),
+        other => Err(Error::catalog(
+            "reading history",
+            format!("unknown mode {other:?}"),
+        )),
+    }
+}
+
 /// A finished write to record.
 #[derive(Debug, Clone)]
 pub struct Commit {
@@ -164,6 +200,11 @@ pub trait Catalog: Send + Sync + 'static {
     async fn delete(&self, target: &str, asset: &AssetKey, partitions: &[Partition]) -> Result<()>;
     /// Newest first.
     async fn history(&self, target: &str, asset: &AssetKey) -> Result<Vec<HistoryEntry>>;
+    /// Serializes writers of one asset across every server sharing this catalog: waits while
+    /// another server holds the asset. A catalog only one server can open needs no lock.
+    async fn lock_asset(&self, _target: &str, _asset: &AssetKey) -> Result<AssetGuard> {
+        Ok(Box::new(()))
+    }
 }
 
 /// Serializes a schema as an Arrow IPC schema message, as Flight does.

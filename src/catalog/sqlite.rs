@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
     AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, decode_schema,
-    encode_schema,
+    encode_schema, parse_mode,
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
@@ -117,18 +117,6 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| Error::catalog("reading a timestamp", e))
-}
-
-fn parse_mode(text: &str) -> Result<Mode> {
-    match text {
-        "overwrite" => Ok(Mode::Overwrite),
-        "append" => Ok(Mode::Append),
-        "upsert" => Ok(Mode::Upsert),
-        other => Err(Error::catalog(
-            "reading history",
-            format!("unknown mode {other:?}"),
-        )),
-    }
 }
 
 fn load(conn: &Connection, target: &str, asset: &str) -> Result<Option<AssetRecord>> {
@@ -433,21 +421,8 @@ impl Catalog for SqliteCatalog {
                 )
                 .optional()
                 .map_err(db_err("looking up an idempotency key"))?;
-            let Some(row) = row else { return Ok(None) };
-            let entry = history_entry(row)?;
-            Ok(Some(PutSummary {
-                asset,
-                target,
-                mode: entry.mode,
-                partition: entry.partition,
-                rows: entry.rows,
-                bytes: entry.bytes,
-                location: entry.location,
-                version: entry.version,
-                duration_ms: entry.duration_ms,
-                idempotency_key: entry.idempotency_key,
-                replayed: true,
-            }))
+            row.map(|row| Ok(history_entry(row)?.replayed(&target, &asset)))
+                .transpose()
         })
         .await
     }

@@ -8,6 +8,8 @@
 
 pub mod duckdb;
 pub mod file;
+pub mod postgres;
+pub mod sql;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -145,6 +147,7 @@ impl Targets {
                 TargetConfig::Csv(c) => Arc::new(file::FileTarget::csv(name, c)?),
                 TargetConfig::Arrow(c) => Arc::new(file::FileTarget::arrow(name, c)?),
                 TargetConfig::Duckdb(c) => Arc::new(duckdb::DuckDbTarget::open(name, c)?),
+                TargetConfig::Postgres(c) => Arc::new(postgres::PostgresTarget::open(name, c)?),
             };
             by_name.insert(name.clone(), target);
         }

@@ -1,6 +1,8 @@
 //! A Quiver server in-process on port 0, and a Flight client for it.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use tokio::sync::oneshot;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub metrics_addr: SocketAddr,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<quiver::Result<()>>>,
@@ -37,16 +41,53 @@ impl TestServer {
             .await
             .expect("bind port 0");
         let addr = listener.local_addr().unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let metrics_addr = metrics.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(quiver::server::serve(config, listener, async {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(quiver::server::serve_on(
+            config,
+            listener,
+            Some(metrics),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
+            metrics_addr,
             dir,
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// `GET path` on the metrics port: the status code and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("connect to the metrics port");
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("an HTTP status line");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -190,7 +231,7 @@ pub fn assert_status<T: std::fmt::Debug>(
     result: Result<T, tonic::Status>,
     code: tonic::Code,
     needle: &str,
-) {
+) -> String {
     match result {
         Ok(v) => panic!("expected {code:?} containing {needle:?}, got Ok({v:?})"),
         Err(s) => {
@@ -200,6 +241,7 @@ pub fn assert_status<T: std::fmt::Debug>(
                 "message {:?} lacks {needle:?}",
                 s.message()
             );
+            s.message().to_string()
         }
     }
 }

@@ -31,9 +31,13 @@ pub struct Profile {
     pub extension: Option<&'static str>,
 }
 
-/// Runs the whole suite against a fresh server.
+/// Runs the whole suite against a fresh server with the default targets.
 pub async fn run(profile: &Profile) {
-    let server = TestServer::start().await;
+    run_on(TestServer::start().await, profile).await;
+}
+
+/// Runs the whole suite against `server`, which must have `profile.target` configured.
+pub async fn run_on(server: TestServer, profile: &Profile) {
     round_trips_every_type(&server, profile).await;
     refuses_what_it_cannot_hold(&server, profile).await;
     empty_tables_round_trip(&server, profile).await;

@@ -84,3 +84,28 @@ def client(server):
     c = fl.connect(server.uri)
     yield c
     c.close()
+
+
+POSTGRES_URL = os.environ.get("QUIVER_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+
+
+def _psql(database_url: str, sql: str) -> str:
+    return subprocess.run(
+        ["psql", database_url, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def postgres_db():
+    """The URL of a fresh PostgreSQL database, dropped afterwards."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"quiver_py_{os.getpid()}_{time.monotonic_ns()}"
+    _psql(POSTGRES_URL, f"CREATE DATABASE {name}")
+    parts = urlsplit(POSTGRES_URL)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    yield url
+    _psql(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -16,11 +16,12 @@ use async_trait::async_trait;
 use duckdb::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use self::types::{column_definition, quote, restore, to_storage};
+use self::types::{column_definition, restore, to_storage};
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::config::DuckDbConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
+use crate::targets::sql::{TableName as Table, quote};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
     WriteRequest, WriteSummary,
@@ -39,30 +40,6 @@ pub struct DuckDbTarget {
     /// Held while creating a schema: DuckDB reports concurrent `CREATE SCHEMA IF NOT EXISTS`
     /// of one name as a write-write conflict.
     schema_lock: Arc<Mutex<()>>,
-}
-
-/// A table's schema-qualified name.
-#[derive(Debug, Clone)]
-struct Table {
-    schema: String,
-    table: String,
-}
-
-impl Table {
-    fn of(asset: &AssetKey) -> Self {
-        let segments = asset.segments();
-        let table = segments[segments.len() - 1].clone();
-        let schema = if segments.len() > 1 {
-            segments[segments.len() - 2].clone()
-        } else {
-            "main".to_string()
-        };
-        Self { schema, table }
-    }
-
-    fn sql(&self) -> String {
-        format!("{}.{}", quote(&self.schema), quote(&self.table))
-    }
 }
 
 fn db_error(target: &str, action: &str) -> impl Fn(duckdb::Error) -> Error {
@@ -146,7 +123,7 @@ impl Target for DuckDbTarget {
     }
 
     fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String {
-        let table = Table::of(asset);
+        let table = Table::of(asset, "main");
         let base = format!(
             "duckdb://{}#{}.{}",
             self.path.display(),
@@ -165,7 +142,7 @@ impl Target for DuckDbTarget {
 
     fn storage_id(&self, asset: &AssetKey) -> String {
         // DuckDB identifiers are case-insensitive, quoted or not.
-        let table = Table::of(asset);
+        let table = Table::of(asset, "main");
         format!("{}.{}", table.schema, table.table).to_lowercase()
     }
 
@@ -187,7 +164,7 @@ impl Target for DuckDbTarget {
         }
         let plan = Plan {
             target: self.name.clone(),
-            table: Table::of(&req.asset),
+            table: Table::of(&req.asset, "main"),
             request: req.clone(),
             incoming: schema,
             location: self.location(&req.asset, req.partition.as_ref()),
@@ -226,7 +203,7 @@ impl Target for DuckDbTarget {
     }
 
     async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream> {
-        let table = Table::of(&req.asset);
+        let table = Table::of(&req.asset, "main");
         let schema = match &req.projection {
             Some(indices) => Arc::new(
                 req.schema
@@ -286,7 +263,7 @@ impl Target for DuckDbTarget {
     }
 
     async fn delete(&self, req: &DeleteRequest) -> Result<()> {
-        let table = Table::of(&req.asset);
+        let table = Table::of(&req.asset, "main");
         let target = self.name.clone();
         if req.whole {
             return self

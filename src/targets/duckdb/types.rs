@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::targets::sql::quote;
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{ArrowError, DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 
@@ -85,11 +86,6 @@ pub fn sql_type(data_type: &DataType) -> Result<String, String> {
         ),
         other => return Err(format!("no DuckDB type for {other}")),
     })
-}
-
-/// Quotes a DuckDB identifier.
-pub fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The column definition of `field` for `CREATE TABLE` / `ALTER TABLE ADD COLUMN`.
