@@ -31,11 +31,14 @@ COPY --from=build /src/target/release/quiver /usr/local/bin/quiver
 USER 10001
 WORKDIR /var/lib/quiver
 # Every setting can be overridden with QUIVER_* variables or a mounted file (QUIVER_CONFIG).
+# The metrics address serves /metrics, /healthz and /readyz over HTTP.
 ENV QUIVER_LISTEN=0.0.0.0:8815 \
+    QUIVER_METRICS_LISTEN=0.0.0.0:9090 \
     QUIVER_DATA_DIR=/var/lib/quiver/data \
     QUIVER_LOG_FORMAT=json
 VOLUME ["/var/lib/quiver/data"]
-EXPOSE 8815
+EXPOSE 8815 9090
+# No HTTP client in the image: the health check asks the server itself over Flight.
 HEALTHCHECK --interval=15s --timeout=5s --retries=3 \
     CMD ["/usr/local/bin/quiver", "targets", "--server", "grpc://127.0.0.1:8815"]
 ENTRYPOINT ["/usr/local/bin/quiver"]

@@ -42,11 +42,12 @@ def test_entrypoint_and_healthcheck_use_real_commands_and_flags():
 def test_environment_names_are_flags_of_serve():
     help_text = subprocess.run([_binary(), "serve", "--help"], capture_output=True, text=True, check=True).stdout
     names = set(re.findall(r"\b(QUIVER_[A-Z_]+)=", DOCKERFILE))
-    assert names == {"QUIVER_LISTEN", "QUIVER_DATA_DIR", "QUIVER_LOG_FORMAT"}
+    assert names == {"QUIVER_LISTEN", "QUIVER_METRICS_LISTEN", "QUIVER_DATA_DIR", "QUIVER_LOG_FORMAT"}
     for name in names:
         assert f"env: {name}" in help_text, f"{name} is not read by `quiver serve`"
 
 
-def test_exposed_port_is_the_default_listen_port():
-    assert re.search(r"^EXPOSE 8815$", DOCKERFILE, re.M)
+def test_exposed_ports_are_the_flight_and_metrics_ports():
+    assert re.search(r"^EXPOSE 8815 9090$", DOCKERFILE, re.M)
     assert "QUIVER_LISTEN=0.0.0.0:8815" in DOCKERFILE
+    assert "QUIVER_METRICS_LISTEN=0.0.0.0:9090" in DOCKERFILE
