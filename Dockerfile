@@ -40,6 +40,6 @@ VOLUME ["/var/lib/quiver/data"]
 EXPOSE 8815 9090
 # No HTTP client in the image: the health check asks the server itself over Flight.
 HEALTHCHECK --interval=15s --timeout=5s --retries=3 \
-    CMD ["/usr/local/bin/quiver", "targets", "--server", "grpc://127.0.0.1:8815"]
+    CMD ["/usr/local/bin/quiver", "health", "--server", "grpc://127.0.0.1:8815"]
 ENTRYPOINT ["/usr/local/bin/quiver"]
 CMD ["serve"]

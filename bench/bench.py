@@ -43,7 +43,7 @@ def lineitem(data_dir: Path, sf: float) -> pa.Table:
 
 
 class Server:
-    def __init__(self, binary: str, data_dir: str):
+    def __init__(self, binary: str, data_dir: str, env: dict | None = None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -51,6 +51,7 @@ class Server:
             [binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", data_dir, "--log", "warn"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -82,6 +83,33 @@ def quiver_put(client: fl.FlightClient, table: pa.Table, command: dict) -> float
     return time.perf_counter() - started
 
 
+def quiver_get(client: fl.FlightClient, command: dict) -> float:
+    started = time.perf_counter()
+    info = client.get_flight_info(fl.FlightDescriptor.for_command(json.dumps(command)))
+    client.do_get(info.endpoints[0].ticket).read_all()
+    return time.perf_counter() - started
+
+
+def postgres_database(admin_url: str) -> str:
+    """A fresh database for the run, so both sides start from the same empty state."""
+    import adbc_driver_postgresql.dbapi as pg
+
+    name = f"quiver_bench_{os.getpid()}"
+    with pg.connect(admin_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        cur.execute(f"CREATE DATABASE {name}")
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_postgres_database(admin_url: str, url: str) -> None:
+    import adbc_driver_postgresql.dbapi as pg
+
+    name = url.rpartition("/")[2]
+    with pg.connect(admin_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -99,6 +127,51 @@ def summary(times: list, rows: int, megabytes: float) -> dict:
     }
 
 
+def postgres_scenarios(client, table: pa.Table, url: str, reps: int, rows: int, megabytes: float) -> list:
+    """DoPut/DoGet against PostgreSQL vs ADBC's COPY-based ingest and fetch, same server."""
+    import adbc_driver_postgresql.dbapi as pg
+
+    out = []
+    quiver_times = [
+        quiver_put(client, table, {"target": "postgres", "asset": "tpch/lineitem"}) for _ in range(reps)
+    ]
+    native_times = []
+    with pg.connect(url) as conn:
+        for _ in range(reps):
+            def ingest():
+                with conn.cursor() as cur:
+                    cur.adbc_ingest("lineitem_adbc", table, mode="replace", db_schema_name="public")
+                conn.commit()
+
+            native_times.append(timed(ingest))
+        out.append(
+            {
+                "scenario": "DoPut → postgres (overwrite)",
+                "native": "adbc_driver_postgresql adbc_ingest(mode='replace') (COPY binary)",
+                "quiver": summary(quiver_times, rows, megabytes),
+                "baseline": summary(native_times, rows, megabytes),
+            }
+        )
+        quiver_times = [quiver_get(client, {"target": "postgres", "asset": "tpch/lineitem"}) for _ in range(reps)]
+        native_times = []
+        for _ in range(reps):
+            def fetch():
+                with conn.cursor() as cur:
+                    cur.execute("SELECT * FROM public.lineitem_adbc")
+                    cur.fetch_arrow_table()
+
+            native_times.append(timed(fetch))
+        out.append(
+            {
+                "scenario": "DoGet ← postgres",
+                "native": "adbc_driver_postgresql fetch_arrow_table (COPY binary)",
+                "quiver": summary(quiver_times, rows, megabytes),
+                "baseline": summary(native_times, rows, megabytes),
+            }
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
@@ -106,13 +179,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("QUIVER_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+        help="a server where the user may create databases; empty to skip PostgreSQL",
+    )
     args = parser.parse_args()
 
     table = lineitem(Path(args.data), args.sf)
     rows, megabytes = table.num_rows, table.nbytes / 1e6
     results = []
+    pg_url = postgres_database(args.postgres_url) if args.postgres_url else None
     with tempfile.TemporaryDirectory() as work:
-        server = Server(args.binary, os.path.join(work, "quiver"))
+        env = {"QUIVER_POSTGRES_URL": pg_url} if pg_url else {}
+        server = Server(args.binary, os.path.join(work, "quiver"), env)
         client = fl.connect(f"grpc://127.0.0.1:{server.port}")
 
         # DuckDB: DoPut overwrite vs python duckdb CREATE TABLE AS SELECT from the Arrow table.
@@ -157,9 +237,13 @@ def main() -> None:
                 "baseline": summary(native_times, rows, megabytes),
             }
         )
+        if pg_url:
+            results.extend(postgres_scenarios(client, table, pg_url, args.reps, rows, megabytes))
         peak = server.peak_rss_mb()
         client.close()
         server.stop()
+    if pg_url:
+        drop_postgres_database(args.postgres_url, pg_url)
 
     for r in results:
         r["ratio"] = round(r["baseline"]["seconds_median"] / r["quiver"]["seconds_median"], 2)

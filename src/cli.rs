@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{AnonymousAccess, Config};
 use crate::error::Result;
 
 #[derive(Debug, Parser)]
@@ -33,6 +33,18 @@ pub enum Command {
     Rm(RmCommand),
     /// List the server's targets.
     Targets(ServerArg),
+    /// Ask the server's grpc.health.v1 service whether it serves (exit status 0 when it does).
+    Health(ServerArg),
+    /// Print a `password_hash` for [auth] users; reads the password from standard input.
+    HashPassword,
+    /// Print a `token_sha256` for [auth] tokens: of TOKEN, or of a new random token (printed too).
+    HashToken(HashTokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HashTokenArgs {
+    /// The token to hash; a new one is generated when absent.
+    pub token: Option<String>,
 }
 
 /// The server the client commands talk to.
@@ -41,6 +53,12 @@ pub struct ServerArg {
     /// Quiver server address.
     #[arg(long, env = "QUIVER_SERVER", default_value = "grpc://localhost:8815")]
     pub server: String,
+    /// PEM CA certificate trusted for `grpc+tls://` servers, besides the public web roots.
+    #[arg(long, env = "QUIVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// API or session token, sent as `authorization: Bearer <token>`.
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +146,13 @@ pub struct RmCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AnonymousArg {
+    None,
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -139,13 +164,17 @@ pub struct ServeArgs {
     /// enabled under the data directory.
     #[arg(long, env = "QUIVER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0:8815, or `listen` from the config file].
+    /// Address to listen on [default: 127.0.0.1:8815, or `listen` from the config file].
     #[arg(long, env = "QUIVER_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Directory for the catalog and default target roots [default: ./data, or `data_dir`
     /// from the config file].
     #[arg(long, env = "QUIVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// What callers without credentials may do: none, read or write [default: `[auth]
+    /// anonymous` from the config file; without [auth], anything, on a loopback address only].
+    #[arg(long, env = "QUIVER_ANONYMOUS", value_enum)]
+    pub anonymous: Option<AnonymousArg>,
     /// How many servers run this configuration side by side [default: 1, or `replicas` from the
     /// config file]; above 1, storage one process owns is refused at start-up.
     #[arg(long, env = "QUIVER_REPLICAS")]
@@ -180,6 +209,13 @@ impl ServeArgs {
             config.data_dir = dir.clone();
         }
         config.postgres_url = self.postgres_url.clone();
+        if let Some(anonymous) = self.anonymous {
+            config.auth.get_or_insert_with(Default::default).anonymous = match anonymous {
+                AnonymousArg::None => AnonymousAccess::None,
+                AnonymousArg::Read => AnonymousAccess::Read,
+                AnonymousArg::Write => AnonymousAccess::Write,
+            };
+        }
         if let Some(replicas) = self.replicas {
             config.replicas = replicas;
         }

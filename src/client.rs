@@ -14,6 +14,7 @@ use arrow_schema::{ArrowError, SchemaRef};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
+use crate::cli::ServerArg;
 use crate::error::{Error, Result};
 
 /// File formats the client reads and writes, chosen by extension unless given.
@@ -48,26 +49,72 @@ impl FileFormat {
 /// Rows per batch when reading local files.
 const BATCH_ROWS: usize = 64 * 1024;
 
-/// Connects to a server given as `grpc://host:port`, `http://host:port` or `host:port`.
-pub async fn connect(server: &str) -> Result<FlightClient> {
+/// Connects to a server given as `grpc://host:port`, `http://host:port` or `host:port`,
+/// sending the token (if any) with every call.
+pub async fn connect(args: &ServerArg) -> Result<FlightClient> {
+    let mut client = FlightClient::new(channel(args).await?);
+    if let Some(token) = &args.token {
+        client
+            .add_header("authorization", &format!("Bearer {token}"))
+            .map_err(|e| Error::invalid_request(format!("the token cannot be sent: {e}")))?;
+    }
+    Ok(client)
+}
+
+/// Asks the server's `grpc.health.v1` service about the whole server.
+pub async fn health(args: &ServerArg) -> Result<String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut client = HealthClient::new(channel(args).await?);
+    let response = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|s| Error::Remote {
+            code: s.code(),
+            message: s.message().to_string(),
+        })?;
+    let status = response.into_inner().status();
+    if status != tonic_health::pb::health_check_response::ServingStatus::Serving {
+        return Err(Error::Remote {
+            code: tonic::Code::Unavailable,
+            message: format!("the server reports {}", status.as_str_name()),
+        });
+    }
+    Ok(status.as_str_name().to_string())
+}
+
+async fn channel(args: &ServerArg) -> Result<tonic::transport::Channel> {
+    let server = args.server.as_str();
     let uri = match server.split_once("://") {
         Some(("grpc" | "grpc+tcp", rest)) => format!("http://{rest}"),
         Some(("grpc+tls", rest)) => format!("https://{rest}"),
         Some(_) => server.to_string(),
         None => format!("http://{server}"),
     };
-    let channel = tonic::transport::Channel::from_shared(uri.clone())
-        .map_err(|e| Error::invalid_request(format!("bad server address {server:?}: {e}")))?
-        .connect()
-        .await
-        .map_err(|e| {
-            Error::storage(
-                "server",
-                format!("connecting to {uri}"),
-                format!("{e}; is `quiver serve` running there? (set --server or QUIVER_SERVER)"),
-            )
-        })?;
-    Ok(FlightClient::new(channel))
+    let mut endpoint = tonic::transport::Channel::from_shared(uri.clone())
+        .map_err(|e| Error::invalid_request(format!("bad server address {server:?}: {e}")))?;
+    if uri.starts_with("https://") {
+        crate::server::use_ring_for_tls();
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &args.tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error::invalid_request(format!("cannot read --tls-ca {}: {e}", ca.display()))
+            })?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Error::invalid_request(format!("TLS setup for {uri}: {e}")))?;
+    }
+    endpoint.connect().await.map_err(|e| {
+        Error::storage(
+            "server",
+            format!("connecting to {uri}"),
+            format!("{e}; is `quiver serve` running there? (set --server or QUIVER_SERVER)"),
+        )
+    })
 }
 
 fn from_flight(err: FlightError) -> Error {

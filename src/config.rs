@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::protocol::check_target_name;
 
 /// Default Flight listen address.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8815";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8815";
 /// Default directory for data and the catalog.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default largest gRPC message accepted or sent (one record batch travels in one message).
@@ -39,6 +39,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// TLS for the Flight endpoint; plaintext when absent.
+    pub tls: Option<TlsConfig>,
+    /// Who may call; when absent the server is open, which it allows only on a loopback
+    /// address (see `anonymous`).
+    pub auth: Option<AuthConfig>,
     /// Named targets. When absent, the built-in `parquet`, `json`, `csv`, `arrow` and `duckdb`
     /// targets are enabled under `data_dir`. When present, exactly these targets exist.
     #[serde(default)]
@@ -58,6 +63,8 @@ impl Default for Config {
             catalog: CatalogConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            auth: None,
+            tls: None,
             targets: None,
             postgres_url: None,
         }
@@ -123,6 +130,99 @@ fn default_catalog_schema() -> String {
     "quiver".to_string()
 }
 
+/// The Flight endpoint's certificate, and optionally the CA its clients must present
+/// certificates from (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, every client must present a certificate signed by one.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// What callers without credentials may do.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnonymousAccess {
+    /// Every call needs credentials.
+    #[default]
+    None,
+    /// Anonymous callers may read every asset.
+    Read,
+    /// Anonymous callers may read and write every asset.
+    Write,
+}
+
+/// Users, API tokens and their grants.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub anonymous: AnonymousAccess,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Hex key (at least 64 digits) signing session tokens; random per process when absent.
+    /// Replicas behind one address must share it.
+    pub session_secret: Option<String>,
+    /// How long a session token from a handshake is valid.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("anonymous", &self.anonymous)
+            .field(
+                "users",
+                &self.users.iter().map(|u| &u.name).collect::<Vec<_>>(),
+            )
+            .field(
+                "tokens",
+                &self.tokens.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
+            .field("session_hours", &self.session_hours)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_session_hours() -> u64 {
+    12
+}
+
+/// A user who authenticates with a password (Flight handshake or Basic credentials).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// From `quiver hash-password`.
+    pub password_hash: String,
+    /// Grants: `*`, `target`, `target:*` or `target:asset/prefix`.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Grants to write (writing implies reading).
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+/// A static API token, sent as `authorization: Bearer <token>`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// SHA-256 of the token in hex, from `quiver hash-token`.
+    pub token_sha256: String,
+    #[serde(default)]
+    pub read: Vec<String>,
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
 /// The HTTP endpoint for Prometheus and Kubernetes probes.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,14 +238,30 @@ pub struct LimitsConfig {
     /// Largest gRPC message (one record batch) accepted or sent, in bytes.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Most puts running at once on this server; more are refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_concurrent_puts")]
+    pub max_concurrent_puts: usize,
+    /// Most puts running at once into one target.
+    #[serde(default = "default_max_concurrent_puts_per_target")]
+    pub max_concurrent_puts_per_target: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_concurrent_puts: default_max_concurrent_puts(),
+            max_concurrent_puts_per_target: default_max_concurrent_puts_per_target(),
         }
     }
+}
+
+fn default_max_concurrent_puts() -> usize {
+    64
+}
+
+fn default_max_concurrent_puts_per_target() -> usize {
+    16
 }
 
 fn default_max_message_bytes() -> usize {
@@ -201,20 +317,45 @@ impl TargetConfig {
     }
 }
 
+/// Object store settings of a file target; values may be secrets and are never printed.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct StorageOptions(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
 /// Settings shared by the JSON (NDJSON) and CSV targets.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// A directory path or `file://` URL. Default: `<data_dir>/<target name>`.
+    /// A directory path, `file://` URL or `s3://bucket/prefix`. Default:
+    /// `<data_dir>/<target name>`.
     pub root: Option<String>,
+    /// Object store settings for URL roots, e.g. `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`,
+    /// `aws_virtual_hosted_style_request` (object_store's names).
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 /// Parquet target settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
-    /// A directory path or `file://` URL. Default: `<data_dir>/<target name>`.
+    /// A directory path, `file://` URL or `s3://bucket/prefix`. Default:
+    /// `<data_dir>/<target name>`.
     pub root: Option<String>,
+    /// Object store settings for URL roots, e.g. `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`,
+    /// `aws_virtual_hosted_style_request` (object_store's names).
+    #[serde(default)]
+    pub storage: StorageOptions,
     /// `none`, `snappy`, `gzip`, `lz4`, `zstd` or `brotli`.
     #[serde(default = "default_parquet_compression")]
     pub compression: String,
@@ -229,6 +370,7 @@ impl Default for ParquetConfig {
     fn default() -> Self {
         Self {
             root: None,
+            storage: StorageOptions::default(),
             compression: default_parquet_compression(),
             compression_level: None,
             row_group_size: default_row_group_size(),
@@ -248,8 +390,14 @@ fn default_row_group_size() -> usize {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ArrowConfig {
-    /// A directory path or `file://` URL. Default: `<data_dir>/<target name>`.
+    /// A directory path, `file://` URL or `s3://bucket/prefix`. Default:
+    /// `<data_dir>/<target name>`.
     pub root: Option<String>,
+    /// Object store settings for URL roots, e.g. `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`,
+    /// `aws_virtual_hosted_style_request` (object_store's names).
+    #[serde(default)]
+    pub storage: StorageOptions,
     /// Buffer compression: `none`, `lz4` or `zstd`.
     #[serde(default = "default_ipc_compression")]
     pub compression: String,
@@ -259,6 +407,7 @@ impl Default for ArrowConfig {
     fn default() -> Self {
         Self {
             root: None,
+            storage: StorageOptions::default(),
             compression: default_ipc_compression(),
         }
     }
@@ -423,11 +572,25 @@ impl Config {
 
     /// Checks everything that can be checked without touching the outside world.
     pub fn validate(&self) -> Result<()> {
+        if self.limits.max_concurrent_puts == 0 || self.limits.max_concurrent_puts_per_target == 0 {
+            return Err(Error::config(
+                "limits.max_concurrent_puts and limits.max_concurrent_puts_per_target must be at least 1",
+            ));
+        }
         if self.limits.max_message_bytes < 1024 {
             return Err(Error::config(
                 "limits.max_message_bytes must be at least 1024",
             ));
         }
+        if self.auth.is_none() && !self.listen.ip().is_loopback() {
+            return Err(Error::config(format!(
+                "listening on {} without authentication: add an [auth] section with users or \
+                 tokens, or allow anonymous callers explicitly with [auth] anonymous = \"write\" \
+                 (or --anonymous write); without [auth] the server listens on loopback only",
+                self.listen
+            )));
+        }
+        crate::auth::Authenticator::from_config(self.auth.as_ref())?;
         if let Some(url) = &self.catalog.url {
             if self.catalog.path.is_some() {
                 return Err(Error::config(

@@ -57,6 +57,14 @@ pub enum Error {
     )]
     ReadConflict { target: String, asset: String },
 
+    /// A limit of the server is reached; the call may be retried later.
+    #[error("{message}")]
+    ResourceExhausted { message: String },
+
+    /// The caller may not do this to this asset.
+    #[error("{message}")]
+    PermissionDenied { message: String },
+
     /// The client went away or cancelled before the put finished.
     #[error("the client cancelled the request: {message}")]
     Cancelled { message: String },
@@ -187,6 +195,8 @@ impl Error {
                 Code::FailedPrecondition
             }
             Self::ReadConflict { .. } => Code::Aborted,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Cancelled { .. } => Code::Cancelled,
             Self::Storage { .. } | Self::Catalog { .. } => Code::Unavailable,
             Self::Format { .. } | Self::Config { .. } | Self::Internal { .. } => Code::Internal,

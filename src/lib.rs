@@ -2,6 +2,7 @@
 //! engines, and serves them back type-exact.
 
 pub mod asset;
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod client;

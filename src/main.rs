@@ -30,7 +30,7 @@ async fn serve(args: quiver::cli::ServeArgs) -> quiver::Result<()> {
 async fn run(command: Command) -> quiver::Result<()> {
     match command {
         Command::Put(args) => {
-            let mut flight = client::connect(&args.server.server).await?;
+            let mut flight = client::connect(&args.server).await?;
             let mut command =
                 json!({"target": args.target, "asset": args.asset, "mode": args.mode});
             if let Some(p) = &args.partition {
@@ -57,7 +57,7 @@ async fn run(command: Command) -> quiver::Result<()> {
             println!("{result}");
         }
         Command::Get(args) => {
-            let mut flight = client::connect(&args.server.server).await?;
+            let mut flight = client::connect(&args.server).await?;
             let mut ticket = json!({"asset": args.asset});
             if let Some(t) = &args.target {
                 ticket["target"] = json!(t);
@@ -77,7 +77,7 @@ async fn run(command: Command) -> quiver::Result<()> {
             println!("{rows} rows written to {}", args.output.display());
         }
         Command::Ls(args) => {
-            let mut flight = client::connect(&args.server.server).await?;
+            let mut flight = client::connect(&args.server).await?;
             let mut criteria = json!({});
             if let Some(t) = &args.target {
                 criteria["target"] = json!(t);
@@ -109,7 +109,7 @@ async fn run(command: Command) -> quiver::Result<()> {
             }
         }
         Command::Rm(args) => {
-            let mut flight = client::connect(&args.server.server).await?;
+            let mut flight = client::connect(&args.server).await?;
             let mut body = json!({"target": args.target, "asset": args.asset});
             if let Some(p) = &args.partition {
                 body["partition"] = client::partition_json(p);
@@ -118,7 +118,7 @@ async fn run(command: Command) -> quiver::Result<()> {
             println!("{result}");
         }
         Command::Targets(server) => {
-            let mut flight = client::connect(&server.server).await?;
+            let mut flight = client::connect(&server).await?;
             let targets = client::action(&mut flight, "list-targets", None).await?;
             for t in targets.as_array().into_iter().flatten() {
                 println!(
@@ -136,6 +136,27 @@ async fn run(command: Command) -> quiver::Result<()> {
                 );
             }
         }
+        Command::Health(server) => println!("{}", client::health(&server).await?),
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).map_err(|e| {
+                quiver::Error::invalid_request(format!("reading the password: {e}"))
+            })?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err(quiver::Error::invalid_request(
+                    "no password on standard input",
+                ));
+            }
+            println!("{}", quiver::auth::hash_password(password)?);
+        }
+        Command::HashToken(args) => match args.token {
+            Some(token) => println!("{}", quiver::auth::token_sha256(&token)),
+            None => {
+                let (token, digest) = quiver::auth::new_token()?;
+                println!("token: {token}\ntoken_sha256: {digest}");
+            }
+        },
         Command::Serve(args) => serve(args).await?,
     }
     Ok(())

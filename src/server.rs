@@ -12,8 +12,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::catalog::{Catalog, PostgresCatalog, SqliteCatalog};
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::service::QuiverService;
@@ -35,7 +36,14 @@ pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<Qui
         None => Arc::new(SqliteCatalog::open(&config.catalog_path())?),
     };
     let targets = Targets::from_config(&config.resolved_targets())?;
-    Ok(QuiverService::new(targets, catalog, metrics))
+    let auth = Authenticator::from_config(config.auth.as_ref())?;
+    Ok(QuiverService::new(
+        targets,
+        catalog,
+        metrics,
+        auth,
+        &config.limits,
+    ))
 }
 
 /// How often target health is probed for the gRPC health service.
@@ -66,6 +74,7 @@ pub async fn serve_on(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    use_ring_for_tls();
     let metrics = Arc::new(Metrics::new());
     let service = build_service(&config, Arc::clone(&metrics)).await?;
     // One shutdown signal for both servers.
@@ -103,7 +112,13 @@ pub async fn serve_on(
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the listen address: {e}")))?;
     info!(%addr, targets = ?config.resolved_targets().keys().collect::<Vec<_>>(), "quiver is serving Arrow Flight");
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| Error::config(format!("[tls] {e}")))?;
+    }
+    let served = builder
         .add_service(health)
         .add_service(flight)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx))
@@ -119,6 +134,34 @@ pub async fn serve_on(
     served.map_err(|e| Error::internal(format!("the Flight server failed: {e}")))?;
     info!("quiver stopped");
     Ok(())
+}
+
+/// Makes ring the process's TLS crypto provider. Two providers are linked (object_store's S3
+/// client brings aws-lc-rs), so rustls cannot pick one by itself; every TLS setup in Quiver
+/// (Flight, PostgreSQL) uses ring.
+pub fn use_ring_for_tls() {
+    // Already installed (a second server in one process) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads the certificate, key and client CA files.
+fn tls_config(tls: &TlsConfig) -> Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| Error::config(format!("[tls] cannot read {what} {}: {e}", path.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(&tls.cert_file, "cert_file")?,
+        read(&tls.key_file, "key_file")?,
+    );
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            ca,
+            "client_ca_file",
+        )?));
+    }
+    Ok(config)
 }
 
 /// Keeps `grpc.health.v1` current: `quiver.target.<name>` per target, and the whole server

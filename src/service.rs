@@ -22,11 +22,14 @@ use arrow_schema::{Schema, SchemaRef};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, info, warn};
 
 use crate::asset::{AssetKey, Partition, PartitionColumns};
+use crate::auth::{Access, Authenticator, Principal};
 use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
+use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, status_label};
 use crate::protocol::{self, AssetCommand, AssetTicket, Mode, PutSummary};
@@ -59,6 +62,49 @@ const ACTIONS: [(&str, &str); 4] = [
 
 /// Per-asset locks: puts to one asset run one at a time, and the short commit step excludes
 /// readers that are opening the asset, so a reader always pins one whole version.
+/// Caps on puts running at once, for the server and per target.
+struct PutLimits {
+    all: Arc<tokio::sync::Semaphore>,
+    max_all: usize,
+    per_target: usize,
+    by_target: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl PutLimits {
+    fn new(limits: &LimitsConfig) -> Self {
+        Self {
+            all: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_puts)),
+            max_all: limits.max_concurrent_puts,
+            per_target: limits.max_concurrent_puts_per_target,
+            by_target: Mutex::default(),
+        }
+    }
+
+    /// Admits a put into `target` now, or refuses it with RESOURCE_EXHAUSTED.
+    fn admit(&self, target: &str) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let busy = |scope: String, limit: usize| Error::ResourceExhausted {
+            message: format!(
+                "{limit} puts are already running {scope}, the configured limit; retry shortly \
+                 (limits.max_concurrent_puts / max_concurrent_puts_per_target)"
+            ),
+        };
+        let target_semaphore = Arc::clone(
+            self.by_target
+                .lock()
+                .expect("limits map")
+                .entry(target.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_target))),
+        );
+        let one = target_semaphore
+            .try_acquire_owned()
+            .map_err(|_| busy(format!("into target '{target}'"), self.per_target))?;
+        let all = Arc::clone(&self.all)
+            .try_acquire_owned()
+            .map_err(|_| busy("on this server".to_string(), self.max_all))?;
+        Ok((one, all))
+    }
+}
+
 #[derive(Default)]
 struct Locks {
     by_asset: Mutex<HashMap<(String, String), Arc<AssetLock>>>,
@@ -91,6 +137,8 @@ struct Inner {
     catalog: Arc<dyn Catalog>,
     locks: Locks,
     metrics: Arc<Metrics>,
+    auth: Authenticator,
+    limits: PutLimits,
 }
 
 impl QuiverService {
@@ -99,13 +147,21 @@ impl QuiverService {
         &self.inner.targets
     }
 
-    pub fn new(targets: Targets, catalog: Arc<dyn Catalog>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        targets: Targets,
+        catalog: Arc<dyn Catalog>,
+        metrics: Arc<Metrics>,
+        auth: Authenticator,
+        limits: &LimitsConfig,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 targets,
                 catalog,
                 locks: Locks::default(),
                 metrics,
+                auth,
+                limits: PutLimits::new(limits),
             }),
         }
     }
@@ -129,6 +185,7 @@ impl Inner {
     async fn put(
         &self,
         mut input: Streaming<FlightData>,
+        caller: &Principal,
         seen: &OnceLock<String>,
     ) -> Result<PutSummary> {
         let started = Instant::now();
@@ -150,7 +207,9 @@ impl Inner {
         Span::current().record("target", cmd.target.as_str());
         Span::current().record("asset", cmd.asset.to_string());
         let target = Arc::clone(self.targets.get(&cmd.target)?);
+        caller.check(Access::Write, &cmd.target, &cmd.asset)?;
         let _ = seen.set(cmd.target.clone());
+        let _admitted = self.limits.admit(&cmd.target)?;
         let _running = self.metrics.put_running(&cmd.target);
         if !target.modes().contains(&cmd.mode) {
             return Err(Error::UnsupportedMode {
@@ -332,11 +391,13 @@ impl Inner {
     async fn open(
         &self,
         ticket: AssetTicket,
+        caller: &Principal,
         seen: &OnceLock<String>,
     ) -> Result<(SchemaRef, SendableBatchStream)> {
         let target_name = self
             .resolve_target(ticket.target.as_deref(), &ticket.asset)
             .await?;
+        caller.check(Access::Read, &target_name, &ticket.asset)?;
         Span::current().record("target", target_name.as_str());
         Span::current().record("asset", ticket.asset.to_string());
         let target = Arc::clone(self.targets.get(&target_name)?);
@@ -763,11 +824,26 @@ impl FlightService for QuiverService {
 
     async fn handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented(
-            "this server has no authentication configured; call it without a handshake",
-        ))
+        let auth = &self.inner.auth;
+        if auth.is_open() {
+            return Err(Status::unimplemented(
+                "this server has no authentication configured; call it without a handshake",
+            ));
+        }
+        let principal = auth.authenticate(request.metadata())?;
+        let token = auth.issue_session(&principal);
+        info!(user = %principal.name, "handshake: issued a session token");
+        let mut response = Response::new(once(HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        }));
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("a session token is not valid metadata"))?;
+        response.metadata_mut().insert("authorization", header);
+        Ok(response)
     }
 
     #[tracing::instrument(skip_all, fields(target, prefix))]
@@ -775,14 +851,17 @@ impl FlightService for QuiverService {
         &self,
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let caller = self.inner.auth.authenticate(request.metadata())?;
         let criteria = protocol::parse_criteria(&request.into_inner().expression)?;
         let records = self
             .inner
             .catalog
             .list(criteria.target.as_deref(), criteria.prefix.as_deref())
             .await?;
+        // Only what the caller may read is listed.
         let infos = records
             .iter()
+            .filter(|r| caller.may(Access::Read, &r.target, &r.asset))
             .map(|r| self.inner.flight_info(r, Vec::new()).map_err(Status::from))
             .collect::<Vec<_>>();
         Ok(Response::new(futures::stream::iter(infos).boxed()))
@@ -793,10 +872,12 @@ impl FlightService for QuiverService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.inner.auth.authenticate(request.metadata())?;
         let cmd = protocol::parse_descriptor(&request.into_inner())?;
         Span::current().record("target", cmd.target.as_str());
         Span::current().record("asset", cmd.asset.to_string());
         self.inner.targets.get(&cmd.target)?;
+        caller.check(Access::Read, &cmd.target, &cmd.asset)?;
         let record = self.inner.record(&cmd.target, &cmd.asset).await?;
         let partitions = select_partitions(&record, cmd.partition.as_slice())?
             .filter(|_| cmd.partition.is_some())
@@ -818,10 +899,12 @@ impl FlightService for QuiverService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
+        let caller = self.inner.auth.authenticate(request.metadata())?;
         let cmd = protocol::parse_descriptor(&request.into_inner())?;
         Span::current().record("target", cmd.target.as_str());
         Span::current().record("asset", cmd.asset.to_string());
         self.inner.targets.get(&cmd.target)?;
+        caller.check(Access::Read, &cmd.target, &cmd.asset)?;
         let record = self.inner.record(&cmd.target, &cmd.asset).await?;
         let options = IpcWriteOptions::default();
         let result: SchemaResult = SchemaAsIpc::new(&record.schema, &options)
@@ -835,9 +918,10 @@ impl FlightService for QuiverService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let caller = self.inner.auth.authenticate(request.metadata())?;
         let ticket = protocol::parse_ticket(&request.into_inner().ticket)?;
         let seen = OnceLock::new();
-        let opened = self.inner.open(ticket, &seen).await;
+        let opened = self.inner.open(ticket, &caller, &seen).await;
         self.inner.metrics.get_opened(
             seen.get().map_or("unknown", String::as_str),
             status_label(&opened),
@@ -862,13 +946,15 @@ impl FlightService for QuiverService {
     ) -> Result<Response<Self::DoPutStream>, Status> {
         // The put runs in its own task so that a client going away cannot drop it half-way:
         // the task sees the broken stream and aborts the writer.
+        let caller = self.inner.auth.authenticate(request.metadata())?;
         let inner = Arc::clone(&self.inner);
         let span = Span::current();
         let started = Instant::now();
         let seen = Arc::new(OnceLock::new());
         let task_seen = Arc::clone(&seen);
         let task = tokio::spawn(
-            async move { inner.put(request.into_inner(), &task_seen).await }.instrument(span),
+            async move { inner.put(request.into_inner(), &caller, &task_seen).await }
+                .instrument(span),
         );
         let result = task.await.map_err(Error::from).and_then(|r| r);
         let (rows, bytes) = match &result {
@@ -894,18 +980,19 @@ impl FlightService for QuiverService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
+        let caller = self.inner.auth.authenticate(request.metadata())?;
         let action = request.into_inner();
         Span::current().record("action", action.r#type.as_str());
         let value = match action.r#type.as_str() {
             "delete" => {
-                self.inner
-                    .delete(protocol::parse_asset_action("delete", &action.body)?)
-                    .await?
+                let action = protocol::parse_asset_action("delete", &action.body)?;
+                caller.check(Access::Write, &action.target, &action.asset)?;
+                self.inner.delete(action).await?
             }
             "describe" => {
-                self.inner
-                    .describe(protocol::parse_asset_action("describe", &action.body)?)
-                    .await?
+                let action = protocol::parse_asset_action("describe", &action.body)?;
+                caller.check(Access::Read, &action.target, &action.asset)?;
+                self.inner.describe(action).await?
             }
             "list-targets" => self.inner.list_targets(),
             "health" => self.inner.health().await,
@@ -921,8 +1008,9 @@ impl FlightService for QuiverService {
 
     async fn list_actions(
         &self,
-        _request: Request<Empty>,
+        request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.inner.auth.authenticate(request.metadata())?;
         let actions = ACTIONS.map(|(name, description)| {
             Ok(ActionType {
                 r#type: name.to_string(),

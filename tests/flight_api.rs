@@ -681,3 +681,53 @@ async fn metrics_and_probes_answer_over_http() {
     }
     assert_eq!(server.http_get("/nothing").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use futures::SinkExt;
+    let server =
+        TestServer::start_with_toml("[limits]\nmax_concurrent_puts_per_target = 1\n").await;
+    // The first put is held open.
+    let mut first_client = server.client().await;
+    let (mut tx, rx) = futures::channel::mpsc::channel(2);
+    let encoded = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(path(&["parquet", "held"])))
+        .build(rx);
+    let first = tokio::spawn(async move {
+        let results: Vec<_> = first_client.do_put(encoded).await?.try_collect().await?;
+        Ok::<_, arrow_flight::error::FlightError>(results)
+    });
+    let b = numbered(0, 3);
+    tx.send(Ok(b.clone())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let mut client = server.client().await;
+    let refused = put(
+        &mut client,
+        path(&["parquet", "other"]),
+        b.schema(),
+        vec![b.clone()],
+    )
+    .await;
+    assert_status(refused, Code::ResourceExhausted, "target 'parquet'");
+    // Other targets are not affected.
+    put(
+        &mut client,
+        path(&["arrow", "other"]),
+        b.schema(),
+        vec![b.clone()],
+    )
+    .await
+    .unwrap();
+    drop(tx);
+    first.await.unwrap().expect("the held put commits");
+    put(
+        &mut client,
+        path(&["parquet", "other"]),
+        b.schema(),
+        vec![b],
+    )
+    .await
+    .expect("admitted once the first put finished");
+}

@@ -678,3 +678,67 @@ async fn postgres_tls_modes_connect_and_verify() {
     drop(pg);
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_identifiers_are_quoted_exactly() {
+    let (db, server) = postgres_server().await;
+    let mut client = server.client().await;
+    let hostile = "\"; DROP TABLE x; --";
+    let weird = batch(vec![
+        ("we\"ird", ids(&[1, 2]), false),
+        ("with space", strs(&["a", "b"]), true),
+        ("ünïcødé", strs(&["x", "y"]), true),
+        (hostile, strs(&["p", "p"]), true),
+    ]);
+    let asset = "Mixed-Case.v2/Weird-Table";
+    for (mode, extra) in [
+        ("overwrite", json!({})),
+        ("upsert", json!({"key": ["we\"ird"]})),
+        (
+            "overwrite",
+            json!({"partition": "p", "partition_column": hostile}),
+        ),
+    ] {
+        let mut command = json!({"target": "postgres", "asset": asset, "mode": mode});
+        for (k, v) in extra.as_object().unwrap() {
+            command[k] = v.clone();
+        }
+        if mode == "overwrite" && extra.get("partition").is_some() {
+            // A partitioned asset is a different asset from the unpartitioned one.
+            command["asset"] = json!("Mixed-Case.v2/Weird-Parts");
+        }
+        put(
+            &mut client,
+            cmd(command),
+            weird.schema(),
+            vec![weird.clone()],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{mode}: {e}"));
+    }
+    let (schema, got) = get(&mut client, json!({"target": "postgres", "asset": asset}))
+        .await
+        .unwrap();
+    assert_eq!(schema, weird.schema());
+    assert_eq!(concat(&schema, &got), weird);
+    let pg = db.client().await;
+    let value: String = pg
+        .query_one(
+            "SELECT \"ünïcødé\" FROM \"Mixed-Case.v2\".\"Weird-Table\" WHERE \"we\"\"ird\" = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(value, "y");
+    let parts: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM \"Mixed-Case.v2\".\"Weird-Parts\" WHERE \"\"\"; DROP TABLE x; --\" = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parts, 2);
+    db.drop().await;
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod s3;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

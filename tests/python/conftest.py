@@ -109,3 +109,55 @@ def postgres_db():
     url = urlunsplit(parts._replace(path=f"/{name}"))
     yield url
     _psql(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class S3Server:
+    """s3s-fs (an S3 API server backed by a directory) with one bucket, `quiver`."""
+
+    def __init__(self, root: Path):
+        binary = os.environ.get("QUIVER_S3S_FS", str(Path.home() / ".cache/quiver/tools/bin/s3s-fs"))
+        if not os.path.exists(binary):
+            raise RuntimeError(f"s3s-fs not found at {binary}; run scripts/tools or set QUIVER_S3S_FS")
+        (root / "quiver").mkdir(parents=True)
+        self.root = root
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [binary, "--host", "127.0.0.1", "--port", str(self.port),
+             "--access-key", "quiver", "--secret-key", "quiver-secret", str(root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("s3s-fs did not start")
+                time.sleep(0.05)
+
+    def target_toml(self, name: str, kind: str, prefix: str) -> str:
+        return f"""
+[targets.{name}]
+kind = "{kind}"
+root = "s3://quiver/{prefix}"
+[targets.{name}.storage]
+aws_endpoint = "http://127.0.0.1:{self.port}"
+aws_region = "us-east-1"
+aws_access_key_id = "quiver"
+aws_secret_access_key = "quiver-secret"
+aws_allow_http = "true"
+aws_virtual_hosted_style_request = "false"
+"""
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    srv = S3Server(tmp_path / "s3")
+    yield srv
+    srv.stop()

@@ -1,5 +1,6 @@
-"""Two quiver processes sharing one PostgreSQL catalog and the same storage: concurrent
-writes to one asset from both are serialized, and either server reads a consistent result."""
+"""Two quiver processes (replicas = 2) sharing one PostgreSQL catalog, one S3 bucket and one
+PostgreSQL target: concurrent writes to one asset from both are serialized, and either
+server reads a consistent result."""
 
 import json
 import threading
@@ -10,23 +11,20 @@ import pyarrow.flight as fl
 from conftest import Server, _psql
 
 
-def _config(tmp_path, catalog_url):
-    shared = tmp_path / "shared"
-    shared.mkdir()
+def _config(tmp_path, catalog_url, s3):
     path = tmp_path / "quiver.toml"
     path.write_text(
         f"""
+replicas = 2
+
 [catalog]
 url = "{catalog_url}"
-
-[targets.lake]
-kind = "parquet"
-root = "{shared / 'lake'}"
 
 [targets.warehouse]
 kind = "postgres"
 url = "{catalog_url}"
 """
+        + s3.target_toml("lake", "parquet", "lake")
     )
     return path
 
@@ -54,8 +52,8 @@ def _put(uri: str, command: dict, table: pa.Table):
         client.close()
 
 
-def test_two_servers_share_a_catalog_and_serialize_writers(tmp_path, postgres_db):
-    config = _config(tmp_path, postgres_db)
+def test_two_servers_share_a_catalog_and_serialize_writers(tmp_path, postgres_db, s3_server):
+    config = _config(tmp_path, postgres_db, s3_server)
     servers = []
     for name in ("a", "b"):
         cwd = tmp_path / name

@@ -22,6 +22,7 @@ use arrow_schema::{Schema, SchemaRef};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -29,7 +30,7 @@ use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, Obj
 use tokio::io::AsyncWriteExt;
 
 use crate::asset::{AssetKey, Partition};
-use crate::config::{ArrowConfig, FileConfig, ParquetConfig};
+use crate::config::{ArrowConfig, FileConfig, ParquetConfig, StorageOptions};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
 use crate::targets::{
@@ -175,29 +176,54 @@ pub struct FileTarget {
 impl FileTarget {
     pub fn parquet(name: &str, config: &ParquetConfig) -> Result<Self> {
         let format = parquet::ParquetFormat::new(config)?;
-        Self::new(name, config.root.as_deref(), Arc::new(format))
+        Self::new(
+            name,
+            config.root.as_deref(),
+            &config.storage,
+            Arc::new(format),
+        )
     }
 
     pub fn json(name: &str, config: &FileConfig) -> Result<Self> {
-        Self::new(name, config.root.as_deref(), Arc::new(json::JsonFormat))
+        Self::new(
+            name,
+            config.root.as_deref(),
+            &config.storage,
+            Arc::new(json::JsonFormat),
+        )
     }
 
     pub fn csv(name: &str, config: &FileConfig) -> Result<Self> {
-        Self::new(name, config.root.as_deref(), Arc::new(csv::CsvFormat))
+        Self::new(
+            name,
+            config.root.as_deref(),
+            &config.storage,
+            Arc::new(csv::CsvFormat),
+        )
     }
 
     pub fn arrow(name: &str, config: &ArrowConfig) -> Result<Self> {
         let format = arrow::ArrowFormat::new(config)?;
-        Self::new(name, config.root.as_deref(), Arc::new(format))
+        Self::new(
+            name,
+            config.root.as_deref(),
+            &config.storage,
+            Arc::new(format),
+        )
     }
 
-    fn new(name: &str, root: Option<&str>, format: Arc<dyn Format>) -> Result<Self> {
+    fn new(
+        name: &str,
+        root: Option<&str>,
+        storage: &StorageOptions,
+        format: Arc<dyn Format>,
+    ) -> Result<Self> {
         let root = root.ok_or_else(|| {
             Error::config(format!(
                 "[targets.{name}] has no root; set root = \"<dir or URL>\""
             ))
         })?;
-        let (store, root_url) = open_store(name, root)?;
+        let (store, root_url) = open_store(name, root, storage)?;
         Ok(Self {
             name: name.to_string(),
             format,
@@ -249,17 +275,36 @@ impl FileTarget {
 }
 
 /// Opens the object store behind a root: a local path or a URL object_store understands.
-fn open_store(name: &str, root: &str) -> Result<(Arc<dyn ObjectStore>, String)> {
+/// `s3://` roots also read the standard `AWS_*` environment variables; `storage` wins.
+fn open_store(
+    name: &str,
+    root: &str,
+    storage: &StorageOptions,
+) -> Result<(Arc<dyn ObjectStore>, String)> {
     let local = match root.strip_prefix("file://") {
         Some(path) => Some(std::path::PathBuf::from(path)),
         None if !root.contains("://") => Some(std::path::PathBuf::from(root)),
         None => None,
     };
     let Some(dir) = local else {
-        let url = url::Url::parse(root)
-            .map_err(|e| Error::config(format!("[targets.{name}] root {root:?}: {e}")))?;
-        let (store, prefix) = object_store::parse_url(&url)
-            .map_err(|e| Error::config(format!("[targets.{name}] root {root:?}: {e}")))?;
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::config(format!("[targets.{name}] root {root:?}: {e}"))
+        };
+        let url = url::Url::parse(root).map_err(|e| bad(&e))?;
+        let (store, prefix): (Box<dyn ObjectStore>, Path) = if url.scheme() == "s3" {
+            let mut builder = AmazonS3Builder::from_env().with_url(root);
+            for (key, value) in &storage.0 {
+                let key: AmazonS3ConfigKey = key
+                    .parse()
+                    .map_err(|e| Error::config(format!("[targets.{name}.storage] {e}")))?;
+                builder = builder.with_config(key, value);
+            }
+            let store = builder.build().map_err(|e| bad(&e))?;
+            let prefix = Path::from_url_path(url.path()).map_err(|e| bad(&e))?;
+            (Box::new(store), prefix)
+        } else {
+            object_store::parse_url_opts(&url, &storage.0).map_err(|e| bad(&e))?
+        };
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::prefix::PrefixStore::new(store, prefix));
         return Ok((store, root.trim_end_matches('/').to_string()));
