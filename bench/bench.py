@@ -184,59 +184,27 @@ def main() -> None:
         default=os.environ.get("QUIVER_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
         help="a server where the user may create databases; empty to skip PostgreSQL",
     )
+    parser.add_argument(
+        "--scenarios",
+        default="duckdb,parquet,postgres",
+        help="comma-separated subset of duckdb, parquet, postgres",
+    )
     args = parser.parse_args()
+    scenarios = set(args.scenarios.split(","))
 
     table = lineitem(Path(args.data), args.sf)
     rows, megabytes = table.num_rows, table.nbytes / 1e6
     results = []
-    pg_url = postgres_database(args.postgres_url) if args.postgres_url else None
+    pg_url = postgres_database(args.postgres_url) if args.postgres_url and "postgres" in scenarios else None
     with tempfile.TemporaryDirectory() as work:
         env = {"QUIVER_POSTGRES_URL": pg_url} if pg_url else {}
         server = Server(args.binary, os.path.join(work, "quiver"), env)
         client = fl.connect(f"grpc://127.0.0.1:{server.port}")
 
-        # DuckDB: DoPut overwrite vs python duckdb CREATE TABLE AS SELECT from the Arrow table.
-        quiver_times = [
-            quiver_put(client, table, {"target": "duckdb", "asset": "tpch/lineitem"}) for _ in range(args.reps)
-        ]
-        native = duckdb.connect(os.path.join(work, "native.duckdb"))
-        native.register("arrow_table", table)
-        native_times = [
-            timed(lambda: native.execute("CREATE OR REPLACE TABLE lineitem AS SELECT * FROM arrow_table"))
-            for _ in range(args.reps)
-        ]
-        native.close()
-        results.append(
-            {
-                "scenario": "DoPut → duckdb (overwrite)",
-                "native": "python duckdb CREATE TABLE AS SELECT * FROM arrow_table",
-                "quiver": summary(quiver_times, rows, megabytes),
-                "baseline": summary(native_times, rows, megabytes),
-            }
-        )
-
-        # Parquet (zstd): DoPut vs pyarrow.parquet.write_table with the same codec, level,
-        # row group size and dictionary encoding.
-        quiver_times = [
-            quiver_put(client, table, {"target": "parquet", "asset": "tpch/lineitem"}) for _ in range(args.reps)
-        ]
-        out = os.path.join(work, "native.parquet")
-        native_times = [
-            timed(
-                lambda: pq.write_table(
-                    table, out, compression="zstd", compression_level=1, row_group_size=1024 * 1024, use_dictionary=True
-                )
-            )
-            for _ in range(args.reps)
-        ]
-        results.append(
-            {
-                "scenario": "DoPut → parquet (zstd)",
-                "native": "pyarrow.parquet.write_table(compression='zstd', level 1, 1Mi-row groups)",
-                "quiver": summary(quiver_times, rows, megabytes),
-                "baseline": summary(native_times, rows, megabytes),
-            }
-        )
+        if "duckdb" in scenarios:
+            results.append(duckdb_scenario(client, table, work, args.reps, rows, megabytes))
+        if "parquet" in scenarios:
+            results.append(parquet_scenario(client, table, work, args.reps, rows, megabytes))
         if pg_url:
             results.extend(postgres_scenarios(client, table, pg_url, args.reps, rows, megabytes))
         peak = server.peak_rss_mb()
@@ -244,7 +212,49 @@ def main() -> None:
         server.stop()
     if pg_url:
         drop_postgres_database(args.postgres_url, pg_url)
+    write_report(args, results, rows, megabytes, peak)
 
+
+def duckdb_scenario(client, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> dict:
+    """DoPut overwrite vs python duckdb CREATE TABLE AS SELECT from the Arrow table."""
+    quiver_times = [quiver_put(client, table, {"target": "duckdb", "asset": "tpch/lineitem"}) for _ in range(reps)]
+    native = duckdb.connect(os.path.join(work, "native.duckdb"))
+    native.register("arrow_table", table)
+    native_times = [
+        timed(lambda: native.execute("CREATE OR REPLACE TABLE lineitem AS SELECT * FROM arrow_table"))
+        for _ in range(reps)
+    ]
+    native.close()
+    return {
+        "scenario": "DoPut → duckdb (overwrite)",
+        "native": "python duckdb CREATE TABLE AS SELECT * FROM arrow_table",
+        "quiver": summary(quiver_times, rows, megabytes),
+        "baseline": summary(native_times, rows, megabytes),
+    }
+
+
+def parquet_scenario(client, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> dict:
+    """DoPut vs pyarrow.parquet.write_table with the same codec, level, row group size and
+    dictionary encoding."""
+    quiver_times = [quiver_put(client, table, {"target": "parquet", "asset": "tpch/lineitem"}) for _ in range(reps)]
+    out = os.path.join(work, "native.parquet")
+    native_times = [
+        timed(
+            lambda: pq.write_table(
+                table, out, compression="zstd", compression_level=1, row_group_size=1024 * 1024, use_dictionary=True
+            )
+        )
+        for _ in range(reps)
+    ]
+    return {
+        "scenario": "DoPut → parquet (zstd)",
+        "native": "pyarrow.parquet.write_table(compression='zstd', level 1, 1Mi-row groups)",
+        "quiver": summary(quiver_times, rows, megabytes),
+        "baseline": summary(native_times, rows, megabytes),
+    }
+
+
+def write_report(args, results: list, rows: int, megabytes: float, peak: float) -> None:
     for r in results:
         r["ratio"] = round(r["baseline"]["seconds_median"] / r["quiver"]["seconds_median"], 2)
     report = {

@@ -160,6 +160,20 @@ pub(crate) fn parse_mode(text: &str) -> Result<Mode> {
     }
 }
 
+/// Rows and bytes of an unpartitioned asset after a commit: an overwrite (or a first write)
+/// replaces the previous totals, other modes add to them.
+pub(crate) fn unpartitioned_totals(
+    mode: Mode,
+    previous: Option<(i64, i64)>,
+    rows: i64,
+    bytes: i64,
+) -> (i64, i64) {
+    match (mode, previous) {
+        (Mode::Overwrite, _) | (_, None) => (rows, bytes),
+        (_, Some((before_rows, before_bytes))) => (before_rows + rows, before_bytes + bytes),
+    }
+}
+
 /// A finished write to record.
 #[derive(Debug, Clone)]
 pub struct Commit {

@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{
     AssetGuard, AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, decode_schema,
-    encode_schema, parse_mode,
+    encode_schema, parse_mode, unpartitioned_totals,
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
@@ -368,10 +368,12 @@ impl Catalog for PostgresCatalog {
                     .map_err(db_err("summing partitions"))?;
                 (sums.get(0), sums.get(1))
             }
-            None => match (c.mode, previous) {
-                (Mode::Overwrite, _) | (_, None) => (to_i64(c.rows), to_i64(c.bytes)),
-                (_, Some((_, rows, bytes))) => (rows + to_i64(c.rows), bytes + to_i64(c.bytes)),
-            },
+            None => unpartitioned_totals(
+                c.mode,
+                previous.map(|(_, rows, bytes)| (rows, bytes)),
+                to_i64(c.rows),
+                to_i64(c.bytes),
+            ),
         };
         // A table target counts its rows itself: upserts replace rather than add.
         let rows = c.total_rows.map_or(rows, to_i64);

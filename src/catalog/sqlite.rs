@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
     AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, decode_schema,
-    encode_schema, parse_mode,
+    encode_schema, parse_mode, unpartitioned_totals,
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
@@ -250,10 +250,12 @@ fn record_commit(tx: &Transaction<'_>, c: &Commit) -> Result<u64> {
             )
             .map_err(db_err("summing partitions"))?
         }
-        None => match (c.mode, previous) {
-            (Mode::Overwrite, _) | (_, None) => (c.rows as i64, c.bytes as i64),
-            (_, Some((_, rows, bytes))) => (rows + c.rows as i64, bytes + c.bytes as i64),
-        },
+        None => unpartitioned_totals(
+            c.mode,
+            previous.map(|(_, rows, bytes)| (rows, bytes)),
+            c.rows as i64,
+            c.bytes as i64,
+        ),
     };
     // A table target counts its rows itself: upserts replace rather than add.
     let rows = c.total_rows.map_or(rows, |total| total as i64);

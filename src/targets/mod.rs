@@ -92,6 +92,20 @@ pub struct ReadRequest {
     pub partition_columns: Option<PartitionColumns>,
 }
 
+impl ReadRequest {
+    /// The schema of the batches the read returns: the recorded schema, projected.
+    pub fn output_schema(&self) -> Result<SchemaRef> {
+        match &self.projection {
+            Some(indices) => Ok(Arc::new(
+                self.schema
+                    .project(indices)
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            )),
+            None => Ok(Arc::clone(&self.schema)),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Target: Send + Sync + 'static {
     /// The configured name, e.g. `parquet` or `warehouse`.

@@ -204,14 +204,7 @@ impl Target for DuckDbTarget {
 
     async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream> {
         let table = Table::of(&req.asset, "main");
-        let schema = match &req.projection {
-            Some(indices) => Arc::new(
-                req.schema
-                    .project(indices)
-                    .map_err(|e| Error::internal(e.to_string()))?,
-            ),
-            None => Arc::clone(&req.schema),
-        };
+        let schema = req.output_schema()?;
         let columns = schema
             .fields()
             .iter()

@@ -283,14 +283,7 @@ impl Target for PostgresTarget {
 
     async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream> {
         let table = self.table(&req.asset);
-        let schema = match &req.projection {
-            Some(indices) => Arc::new(
-                req.schema
-                    .project(indices)
-                    .map_err(|e| Error::internal(e.to_string()))?,
-            ),
-            None => Arc::clone(&req.schema),
-        };
+        let schema = req.output_schema()?;
         let filter = partition_filter(
             req.partitions.as_deref(),
             req.partition_columns.as_ref(),

@@ -8,9 +8,6 @@ use arrow_schema::{DataType, Field, TimeUnit};
 
 use crate::targets::sql::quote;
 
-/// Largest precision of a `numeric(p, s)` column.
-const MAX_NUMERIC_PRECISION: u8 = 255;
-
 /// A PostgreSQL column type Quiver writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgType {
@@ -56,7 +53,7 @@ impl PgType {
                         "{data_type} has a negative scale; PostgreSQL numeric columns need a scale >= 0"
                     ));
                 }
-                if *p > MAX_NUMERIC_PRECISION || *s as u8 > *p {
+                if *s as u8 > *p {
                     return Err(format!("{data_type} does not fit a PostgreSQL numeric"));
                 }
                 Self::Numeric {
