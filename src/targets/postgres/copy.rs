@@ -20,7 +20,7 @@ use arrow_array::{
     Array, ArrayRef, Decimal128Array, Decimal256Array, NullArray, PrimitiveArray, RecordBatch,
     UInt64Array, new_null_array,
 };
-use arrow_buffer::{Buffer, NullBuffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer, i256};
+use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer, i256};
 use arrow_cast::{CastOptions, cast_with_options};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 
@@ -731,7 +731,6 @@ fn json_array(texts: &arrow_array::StringArray, field: &Field) -> Result<ArrayRe
     }
 }
 
-/// Where the decoder is in the stream.
 impl Decoder {
     pub fn new(schema: SchemaRef) -> Result<Self, String> {
         let columns = schema
@@ -818,12 +817,6 @@ pub fn strip_header(bytes: &[u8]) -> Result<&[u8], String> {
     let extension = take::<4>(&mut rest).map(u32::from_be_bytes)? as usize;
     rest.get(extension..)
         .ok_or_else(|| "truncated COPY header extension".to_string())
-}
-
-/// Collects null flags while building fixed-width columns by hand.
-#[allow(dead_code)]
-fn null_builder(len: usize) -> NullBufferBuilder {
-    NullBufferBuilder::new(len)
 }
 
 #[cfg(test)]

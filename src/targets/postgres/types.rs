@@ -4,7 +4,7 @@
 //! PostgreSQL's binary COPY format (see [`super::copy`]); on read, the catalog's Arrow schema
 //! says which Arrow type each column goes back to, so a round trip is exact.
 
-use arrow_schema::{DataType, Field, TimeUnit};
+use arrow_schema::{DataType, Field};
 
 use crate::targets::sql::quote;
 
@@ -104,14 +104,10 @@ pub fn column_definition(field: &Field) -> Result<String, String> {
     Ok(format!("{} {}{null}", quote(field.name()), pg.sql()))
 }
 
-/// Whether a time unit's values can carry parts finer than PostgreSQL's microseconds.
-pub fn finer_than_micros(unit: &TimeUnit) -> bool {
-    matches!(unit, TimeUnit::Nanosecond)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_schema::TimeUnit;
     use std::sync::Arc;
 
     #[test]
