@@ -12,11 +12,14 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -172,6 +175,81 @@ def postgres_scenarios(client, table: pa.Table, url: str, reps: int, rows: int, 
     return out
 
 
+class SearchServer:
+    """noida-db (the Elasticsearch 8 API) on a free port, unless a URL is given."""
+
+    def __init__(self, url: str | None, work: str):
+        self.proc = None
+        if url:
+            self.url = url
+            return
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        bindir = os.path.dirname(sys.executable)
+        self.proc = subprocess.Popen(
+            [os.path.join(bindir, "noida-db"), "start", "--data-dir", os.path.join(work, "es"),
+             "--only", "elasticsearch", "--host", "127.0.0.1", "--elasticsearch-port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("noida-db did not start")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+BULK_BYTES = 10 * 1024 * 1024
+BULK_THREADS = 4
+
+
+def elasticsearch_scenario(client, table: pa.Table, url: str, reps: int, rows: int, megabytes: float) -> dict:
+    """DoPut overwrite vs elasticsearch.helpers.parallel_bulk from the same Arrow table, with
+    the same bulk body size and requests in flight, into the same server."""
+    from elasticsearch import Elasticsearch
+    from elasticsearch.helpers import parallel_bulk
+
+    quiver_times = [
+        quiver_put(client, table, {"target": "elasticsearch", "asset": "tpch/lineitem"}) for _ in range(reps)
+    ]
+    es = Elasticsearch(url, request_timeout=300)
+
+    def ingest():
+        es.options(ignore_status=404).indices.delete(index="lineitem_native")
+        es.indices.create(index="lineitem_native")
+        actions = ({"_index": "lineitem_native", "_source": doc} for doc in table.to_pylist())
+        for ok, item in parallel_bulk(
+            es, actions, thread_count=BULK_THREADS, chunk_size=1_000_000, max_chunk_bytes=BULK_BYTES
+        ):
+            if not ok:
+                raise RuntimeError(item)
+        es.indices.refresh(index="lineitem_native")
+
+    native_times = [timed(ingest) for _ in range(reps)]
+    count = es.count(index="lineitem_native")["count"]
+    if count != rows:
+        raise RuntimeError(f"parallel_bulk indexed {count} of {rows} documents")
+    es.close()
+    return {
+        "scenario": "DoPut → elasticsearch (overwrite)",
+        "native": f"elasticsearch.helpers.parallel_bulk ({BULK_THREADS} threads, 10 MiB bodies) from table.to_pylist()",
+        "quiver": summary(quiver_times, rows, megabytes),
+        "baseline": summary(native_times, rows, megabytes),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
@@ -187,7 +265,12 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="duckdb,parquet,postgres",
-        help="comma-separated subset of duckdb, parquet, postgres",
+        help="comma-separated subset of duckdb, parquet, postgres, elasticsearch",
+    )
+    parser.add_argument(
+        "--elasticsearch-url",
+        default=os.environ.get("QUIVER_BENCH_ELASTICSEARCH_URL"),
+        help="a cluster for the elasticsearch scenario; default: noida-db on a free port",
     )
     args = parser.parse_args()
     scenarios = set(args.scenarios.split(","))
@@ -198,6 +281,9 @@ def main() -> None:
     pg_url = postgres_database(args.postgres_url) if args.postgres_url and "postgres" in scenarios else None
     with tempfile.TemporaryDirectory() as work:
         env = {"QUIVER_POSTGRES_URL": pg_url} if pg_url else {}
+        search = SearchServer(args.elasticsearch_url, work) if "elasticsearch" in scenarios else None
+        if search:
+            env["QUIVER_ELASTICSEARCH_URL"] = search.url
         server = Server(args.binary, os.path.join(work, "quiver"), env)
         client = fl.connect(f"grpc://127.0.0.1:{server.port}")
 
@@ -207,9 +293,13 @@ def main() -> None:
             results.append(parquet_scenario(client, table, work, args.reps, rows, megabytes))
         if pg_url:
             results.extend(postgres_scenarios(client, table, pg_url, args.reps, rows, megabytes))
+        if search:
+            results.append(elasticsearch_scenario(client, table, search.url, args.reps, rows, megabytes))
         peak = server.peak_rss_mb()
         client.close()
         server.stop()
+        if search:
+            search.stop()
     if pg_url:
         drop_postgres_database(args.postgres_url, pg_url)
     write_report(args, results, rows, megabytes, peak)

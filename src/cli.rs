@@ -187,6 +187,14 @@ pub struct ServeArgs {
     /// writing to this database.
     #[arg(long, env = "QUIVER_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
+    /// With no config file (or one without `[targets]`), also enable an `elasticsearch` target
+    /// for this cluster.
+    #[arg(long, env = "QUIVER_ELASTICSEARCH_URL", hide_env_values = true)]
+    pub elasticsearch_url: Option<String>,
+    /// With no config file (or one without `[targets]`), also enable an `opensearch` target
+    /// for this cluster.
+    #[arg(long, env = "QUIVER_OPENSEARCH_URL", hide_env_values = true)]
+    pub opensearch_url: Option<String>,
     /// Log line format.
     #[arg(long, env = "QUIVER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -209,6 +217,8 @@ impl ServeArgs {
             config.data_dir = dir.clone();
         }
         config.postgres_url = self.postgres_url.clone();
+        config.elasticsearch_url = self.elasticsearch_url.clone();
+        config.opensearch_url = self.opensearch_url.clone();
         if let Some(anonymous) = self.anonymous {
             config.auth.get_or_insert_with(Default::default).anonymous = match anonymous {
                 AnonymousArg::None => AnonymousAccess::None,

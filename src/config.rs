@@ -52,6 +52,14 @@ pub struct Config {
     /// (`QUIVER_POSTGRES_URL`). Not read from the file.
     #[serde(skip)]
     pub postgres_url: Option<String>,
+    /// With no `[targets]` table, an `elasticsearch` target is added for this URL
+    /// (`QUIVER_ELASTICSEARCH_URL`). Not read from the file.
+    #[serde(skip)]
+    pub elasticsearch_url: Option<String>,
+    /// With no `[targets]` table, an `opensearch` target is added for this URL
+    /// (`QUIVER_OPENSEARCH_URL`). Not read from the file.
+    #[serde(skip)]
+    pub opensearch_url: Option<String>,
 }
 
 impl Default for Config {
@@ -67,6 +75,8 @@ impl Default for Config {
             tls: None,
             targets: None,
             postgres_url: None,
+            elasticsearch_url: None,
+            opensearch_url: None,
         }
     }
 }
@@ -278,6 +288,8 @@ pub enum TargetConfig {
     Arrow(ArrowConfig),
     Duckdb(DuckDbConfig),
     Postgres(PostgresConfig),
+    Elasticsearch(SearchConfig),
+    Opensearch(SearchConfig),
 }
 
 impl TargetConfig {
@@ -289,6 +301,8 @@ impl TargetConfig {
             Self::Arrow(_) => "arrow",
             Self::Duckdb(_) => "duckdb",
             Self::Postgres(_) => "postgres",
+            Self::Elasticsearch(_) => "elasticsearch",
+            Self::Opensearch(_) => "opensearch",
         }
     }
 
@@ -309,7 +323,7 @@ impl TargetConfig {
                 }
                 return;
             }
-            Self::Postgres(_) => return,
+            Self::Postgres(_) | Self::Elasticsearch(_) | Self::Opensearch(_) => return,
         };
         if root.is_none() {
             *root = Some(data_dir.join(name).to_string_lossy().into_owned());
@@ -471,6 +485,87 @@ impl std::fmt::Debug for PostgresConfig {
     }
 }
 
+/// Elasticsearch and OpenSearch target settings.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// `http(s)://host:port`; a user and password in the URL are sent as basic credentials.
+    pub url: String,
+    /// Basic credentials (instead of putting them in the URL).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// An encoded API key (base64 of `id:key`), sent as `Authorization: ApiKey …`.
+    pub api_key: Option<String>,
+    /// PEM file of the certificate authorities trusted for an `https` URL.
+    pub ca_file: Option<PathBuf>,
+    /// Prepended to every alias and index name this target creates.
+    #[serde(default)]
+    pub index_prefix: String,
+    /// Size of one `_bulk` request body, in bytes.
+    #[serde(default = "default_bulk_bytes")]
+    pub bulk_bytes: usize,
+    /// `_bulk` requests in flight at once per put.
+    #[serde(default = "default_bulk_concurrency")]
+    pub bulk_concurrency: usize,
+    /// `number_of_shards` of new indices; the cluster's default when absent.
+    pub shards: Option<u32>,
+    /// `number_of_replicas` of new indices once loaded; the cluster's default when absent.
+    pub replicas: Option<u32>,
+    /// Seconds one request to the cluster may take.
+    #[serde(default = "default_search_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl SearchConfig {
+    /// A target for `url` with every other setting at its default.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            username: None,
+            password: None,
+            api_key: None,
+            ca_file: None,
+            index_prefix: String::new(),
+            bulk_bytes: default_bulk_bytes(),
+            bulk_concurrency: default_bulk_concurrency(),
+            shards: None,
+            replicas: None,
+            timeout_secs: default_search_timeout_secs(),
+        }
+    }
+}
+
+/// The URL, password and API key are secrets: never print them.
+impl std::fmt::Debug for SearchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchConfig")
+            .field("url", &"<redacted>")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("index_prefix", &self.index_prefix)
+            .field("bulk_bytes", &self.bulk_bytes)
+            .field("bulk_concurrency", &self.bulk_concurrency)
+            .field("shards", &self.shards)
+            .field("replicas", &self.replicas)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+fn default_bulk_bytes() -> usize {
+    10 * 1024 * 1024
+}
+
+fn default_bulk_concurrency() -> usize {
+    4
+}
+
+fn default_search_timeout_secs() -> u64 {
+    120
+}
+
 fn default_postgres_schema() -> String {
     "public".to_string()
 }
@@ -497,7 +592,9 @@ impl Config {
                          process owns; remove it or run one replica"
                     )));
                 }
-                TargetConfig::Postgres(_) => continue,
+                TargetConfig::Postgres(_)
+                | TargetConfig::Elasticsearch(_)
+                | TargetConfig::Opensearch(_) => continue,
                 TargetConfig::Parquet(c) => c.root.as_deref(),
                 TargetConfig::Arrow(c) => c.root.as_deref(),
                 TargetConfig::Json(c) | TargetConfig::Csv(c) => c.root.as_deref(),
@@ -552,6 +649,18 @@ impl Config {
                 defaults.insert(
                     "postgres".to_string(),
                     TargetConfig::Postgres(PostgresConfig::from_url(url)),
+                );
+            }
+            if let Some(url) = &self.elasticsearch_url {
+                defaults.insert(
+                    "elasticsearch".to_string(),
+                    TargetConfig::Elasticsearch(SearchConfig::from_url(url)),
+                );
+            }
+            if let Some(url) = &self.opensearch_url {
+                defaults.insert(
+                    "opensearch".to_string(),
+                    TargetConfig::Opensearch(SearchConfig::from_url(url)),
                 );
             }
             defaults
@@ -638,6 +747,10 @@ impl Config {
                             "[targets.{name}] pool_size must be at least 1"
                         )));
                     }
+                }
+                TargetConfig::Elasticsearch(c) | TargetConfig::Opensearch(c) => {
+                    crate::targets::search::check_config(c)
+                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
                 }
                 TargetConfig::Json(_) | TargetConfig::Csv(_) => {}
             }
@@ -739,5 +852,32 @@ mod tests {
             TargetConfig::Postgres(PostgresConfig::from_url("postgres://u@db/w")),
         )]));
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn search_targets_come_from_urls_or_tables() {
+        let config = Config {
+            elasticsearch_url: Some("http://elastic:pw@es:9200".into()),
+            opensearch_url: Some("https://os:9200".into()),
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        let targets = config.resolved_targets();
+        assert_eq!(targets["elasticsearch"].kind(), "elasticsearch");
+        assert_eq!(targets["opensearch"].kind(), "opensearch");
+        let debug = format!("{:?}", targets["elasticsearch"]);
+        assert!(!debug.contains("pw"), "{debug}");
+
+        let config = Config::from_toml(
+            "[targets.search]\nkind = \"opensearch\"\nurl = \"http://os:9200\"\nbulk_concurrency = 0\n",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("[targets.search] bulk_concurrency"), "{err}");
+        let config =
+            Config::from_toml("[targets.search]\nkind = \"elasticsearch\"\nurl = \"ftp://es\"\n")
+                .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http://"), "{err}");
     }
 }

@@ -742,3 +742,19 @@ async fn postgres_identifiers_are_quoted_exactly() {
     assert_eq!(parts, 2);
     db.drop().await;
 }
+
+/// Table targets take their settings from the configuration: a put's options are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_targets_refuse_options() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let b = batch(vec![("id", ids(&[1]), false)]);
+    let refused = put(
+        &mut client,
+        cmd(json!({"target": "duckdb", "asset": "opts", "options": {"threads": 4}})),
+        b.schema(),
+        vec![b],
+    )
+    .await;
+    assert_status(refused, Code::InvalidArgument, "option 'threads'");
+}

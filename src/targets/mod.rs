@@ -9,6 +9,7 @@
 pub mod duckdb;
 pub mod file;
 pub mod postgres;
+pub mod search;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -162,6 +163,16 @@ impl Targets {
                 TargetConfig::Arrow(c) => Arc::new(file::FileTarget::arrow(name, c)?),
                 TargetConfig::Duckdb(c) => Arc::new(duckdb::DuckDbTarget::open(name, c)?),
                 TargetConfig::Postgres(c) => Arc::new(postgres::PostgresTarget::open(name, c)?),
+                TargetConfig::Elasticsearch(c) => Arc::new(search::SearchTarget::open(
+                    name,
+                    search::Flavour::Elasticsearch,
+                    c,
+                )?),
+                TargetConfig::Opensearch(c) => Arc::new(search::SearchTarget::open(
+                    name,
+                    search::Flavour::OpenSearch,
+                    c,
+                )?),
             };
             by_name.insert(name.clone(), target);
         }

@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod s3;
+pub mod search;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -70,7 +70,7 @@ fn wire_type(data_type: &DataType) -> Option<DataType> {
 }
 
 /// Types arrow-json writes and reads back to the same values.
-fn supported(data_type: &DataType) -> bool {
+pub(crate) fn supported(data_type: &DataType) -> bool {
     use DataType::*;
     match data_type {
         Null
@@ -134,7 +134,7 @@ impl Encoder for JsonEncoder {
 }
 
 /// The first NaN or infinity in a float column, at any depth.
-fn first_non_finite(array: &ArrayRef) -> Option<String> {
+pub(crate) fn first_non_finite(array: &ArrayRef) -> Option<String> {
     match array.data_type() {
         DataType::Float16 | DataType::Float32 | DataType::Float64 => {
             let as_f64 = arrow_cast::cast(array, &DataType::Float64).ok()?;

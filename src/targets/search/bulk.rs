@@ -1,0 +1,580 @@
+//! Streaming puts: rows are encoded off the runtime into `_bulk` bodies of a set size, several
+//! bodies in flight; rejected documents are counted and reported at commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use bytes::Bytes;
+use elasticsearch::http::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use super::cluster::{Cluster, error_reason};
+use super::mapping::RowSource;
+use crate::error::{Error, Result};
+use crate::protocol::Mode;
+use crate::targets::file::json::first_non_finite;
+use crate::targets::{AssetWriter, WriteRequest, WriteSummary};
+
+/// Attempts of one `_bulk` body the cluster answers with 429 or 5xx, or does not answer.
+const BULK_ATTEMPTS: u32 = 8;
+/// First wait before a retry; doubled each time, at most [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Rejected documents whose reasons a failed put reports.
+const REPORTED_REASONS: usize = 3;
+
+/// Where a put's documents go.
+#[derive(Debug, Clone)]
+pub(super) struct Destination {
+    pub alias: String,
+    pub partition_alias: Option<String>,
+    /// The index written to.
+    pub index: String,
+    /// Whether `index` was created by this put (and is deleted if it fails).
+    pub created: bool,
+    /// Indices the new one replaces at commit.
+    pub replaces: Vec<String>,
+}
+
+/// How each row becomes a bulk action.
+struct Actions {
+    index: String,
+    key: Vec<String>,
+    upsert: bool,
+    /// Microseconds since the epoch when the put began: the first half of the read order.
+    put: i64,
+}
+
+/// One `_bulk` body and where each action starts in it.
+#[derive(Default)]
+struct Body {
+    bytes: Vec<u8>,
+    starts: Vec<usize>,
+}
+
+impl Body {
+    fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    fn freeze(self) -> FrozenBody {
+        FrozenBody {
+            bytes: Bytes::from(self.bytes),
+            starts: self.starts,
+        }
+    }
+}
+
+struct FrozenBody {
+    bytes: Bytes,
+    starts: Vec<usize>,
+}
+
+impl FrozenBody {
+    fn action(&self, i: usize) -> &[u8] {
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+        &self.bytes[self.starts[i]..end]
+    }
+
+    /// A body of only the actions `items`.
+    fn select(&self, items: &[usize]) -> FrozenBody {
+        let mut body = Body::default();
+        for &i in items {
+            body.starts.push(body.bytes.len());
+            body.bytes.extend_from_slice(self.action(i));
+        }
+        body.freeze()
+    }
+}
+
+/// What the cluster did with one body.
+#[derive(Default)]
+struct Outcome {
+    rejected: u64,
+    reasons: Vec<String>,
+}
+
+impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.rejected += other.rejected;
+        for reason in other.reasons {
+            if self.reasons.len() < REPORTED_REASONS {
+                self.reasons.push(reason);
+            }
+        }
+    }
+}
+
+pub(super) struct SearchWriter {
+    cluster: Arc<Cluster>,
+    destination: Destination,
+    actions: Arc<Actions>,
+    refresh: bool,
+    location: String,
+    bulk_bytes: usize,
+    concurrency: usize,
+    open: Body,
+    in_flight: JoinSet<Result<Outcome>>,
+    outcome: Outcome,
+    rows: u64,
+    bytes: u64,
+    /// Set once commit or abort ran; a writer dropped before that deletes its new index.
+    finished: bool,
+}
+
+impl SearchWriter {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        destination: Destination,
+        req: &WriteRequest,
+        refresh: bool,
+        location: String,
+    ) -> Self {
+        let put = chrono::Utc::now().timestamp_micros();
+        let actions = Arc::new(Actions {
+            index: destination.index.clone(),
+            key: req.key.clone(),
+            upsert: req.mode == Mode::Upsert,
+            put,
+        });
+        let (bulk_bytes, concurrency) = cluster.bulk_limits();
+        Self {
+            cluster,
+            destination,
+            actions,
+            refresh,
+            location,
+            bulk_bytes,
+            concurrency,
+            open: Body::default(),
+            in_flight: JoinSet::new(),
+            outcome: Outcome::default(),
+            rows: 0,
+            bytes: 0,
+            finished: false,
+        }
+    }
+
+    /// Sends a full body, first waiting for a slot.
+    async fn send(&mut self, body: Body) -> Result<()> {
+        while self.in_flight.len() >= self.concurrency {
+            self.collect_one().await?;
+        }
+        let body = body.freeze();
+        self.bytes += body.bytes.len() as u64;
+        let cluster = Arc::clone(&self.cluster);
+        self.in_flight
+            .spawn(async move { send_bulk(&cluster, body).await });
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<()> {
+        if let Some(done) = self.in_flight.join_next().await {
+            self.outcome.merge(done??);
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<WriteSummary> {
+        let open = std::mem::take(&mut self.open);
+        if !open.is_empty() {
+            self.send(open).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        if self.outcome.rejected > 0 {
+            let kept = if self.destination.created {
+                "nothing was stored"
+            } else {
+                "the documents accepted before the failure stay in the index"
+            };
+            return Err(Error::invalid_data(format!(
+                "{} of {} documents were rejected by {} target '{}' ({kept}); first reasons: {}",
+                self.outcome.rejected,
+                self.rows,
+                self.cluster.flavour.kind(),
+                self.cluster.target(),
+                self.outcome.reasons.join("; ")
+            )));
+        }
+        let d = &self.destination;
+        let mut visible = true;
+        if d.created {
+            self.cluster.finish_load(&d.index).await?;
+            let mut actions = vec![json!({"add": {"index": d.index, "alias": d.alias}})];
+            if let Some(p) = &d.partition_alias {
+                actions.push(json!({"add": {"index": d.index, "alias": p}}));
+            }
+            actions.extend(
+                d.replaces
+                    .iter()
+                    .map(|old| json!({"remove_index": {"index": old}})),
+            );
+            self.cluster.update_aliases(actions).await?;
+        } else if self.refresh {
+            self.cluster.refresh(&d.index).await?;
+        } else {
+            visible = false;
+        }
+        let total_rows = if visible {
+            Some(self.cluster.count(&d.alias).await?)
+        } else {
+            None
+        };
+        Ok(WriteSummary {
+            rows: self.rows,
+            bytes: self.bytes,
+            location: self.location.clone(),
+            total_rows,
+        })
+    }
+
+    async fn discard(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if self.destination.created
+            && let Err(e) = self
+                .cluster
+                .delete_indices(std::slice::from_ref(&self.destination.index))
+                .await
+        {
+            warn!(index = %self.destination.index, error = %e, "could not delete the index of a failed put");
+        }
+    }
+}
+
+#[async_trait]
+impl AssetWriter for SearchWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        for (column, field) in batch.columns().iter().zip(batch.schema().fields()) {
+            if let Some(value) = first_non_finite(column) {
+                return Err(Error::invalid_data(format!(
+                    "column '{}' holds {value}, which JSON documents cannot represent; \
+                     replace it with null or store the asset in the parquet or arrow target",
+                    field.name()
+                )));
+            }
+        }
+        let actions = Arc::clone(&self.actions);
+        let open = std::mem::take(&mut self.open);
+        let first_row = self.rows;
+        let limit = self.bulk_bytes;
+        self.rows += batch.num_rows() as u64;
+        let (open, full) =
+            tokio::task::spawn_blocking(move || encode(&actions, &batch, first_row, open, limit))
+                .await??;
+        self.open = open;
+        for body in full {
+            self.send(body).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
+        let result = self.finish().await;
+        if result.is_err() {
+            self.discard().await;
+        }
+        self.finished = true;
+        result
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.discard().await;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for SearchWriter {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.in_flight.abort_all();
+        if self.destination.created
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let cluster = Arc::clone(&self.cluster);
+            let index = self.destination.index.clone();
+            handle.spawn(async move {
+                if let Err(e) = cluster.delete_indices(&[index.clone()]).await {
+                    warn!(%index, error = %e, "could not delete the index of an abandoned put");
+                }
+            });
+        }
+    }
+}
+
+/// Appends the batch's actions to `open`, cutting off bodies of `limit` bytes.
+fn encode(
+    actions: &Actions,
+    batch: &RecordBatch,
+    first_row: u64,
+    mut open: Body,
+    limit: usize,
+) -> Result<(Body, Vec<Body>)> {
+    let source = RowSource::new(batch);
+    let mut rows = source
+        .encoder()
+        .map_err(|e| Error::invalid_data(format!("cannot encode a batch as documents: {e}")))?;
+    let ids = document_ids(&actions.key, batch)?;
+    let index = serde_json::to_string(&actions.index).expect("a string serializes");
+    let mut full = Vec::new();
+    for i in 0..batch.num_rows() {
+        let out = &mut open.bytes;
+        open.starts.push(out.len());
+        let verb = if actions.upsert { "update" } else { "index" };
+        out.extend_from_slice(format!("{{\"{verb}\":{{\"_index\":{index}").as_bytes());
+        if let Some(ids) = &ids {
+            out.extend_from_slice(b",\"_id\":");
+            out.extend_from_slice(
+                serde_json::to_string(&ids[i])
+                    .expect("a string serializes")
+                    .as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"}}\n");
+        if actions.upsert {
+            out.extend_from_slice(b"{\"doc\":");
+        }
+        rows.encode(i, actions.put, first_row + i as u64, out);
+        if actions.upsert {
+            out.extend_from_slice(b",\"doc_as_upsert\":true}");
+        }
+        out.push(b'\n');
+        if out.len() >= limit {
+            full.push(std::mem::take(&mut open));
+        }
+    }
+    Ok((open, full))
+}
+
+/// `_id`s from the key columns: the value itself for one column, a JSON array of the values
+/// for several. `None` without a key (the cluster assigns ids).
+fn document_ids(key: &[String], batch: &RecordBatch) -> Result<Option<Vec<String>>> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let options = FormatOptions::default();
+    let mut columns = Vec::new();
+    for name in key {
+        let column = batch.column_by_name(name).ok_or_else(|| {
+            Error::invalid_data(format!("key column '{name}' is missing from a batch"))
+        })?;
+        if column.null_count() > 0 {
+            return Err(Error::invalid_data(format!(
+                "key column '{name}' holds nulls; every document needs a key to be upserted"
+            )));
+        }
+        columns.push(column);
+    }
+    let formatters = columns
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid_data(format!("cannot format a key column: {e}")))?;
+    let ids = (0..batch.num_rows())
+        .map(|row| {
+            let values: Vec<String> = formatters
+                .iter()
+                .map(|f| f.value(row).to_string())
+                .collect();
+            match values.as_slice() {
+                [one] => one.clone(),
+                _ => serde_json::to_string(&values).expect("strings serialize"),
+            }
+        })
+        .collect();
+    Ok(Some(ids))
+}
+
+#[derive(Deserialize)]
+struct BulkReply {
+    errors: bool,
+    #[serde(default)]
+    items: Vec<std::collections::HashMap<String, BulkItem>>,
+}
+
+#[derive(Deserialize)]
+struct BulkItem {
+    status: u16,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+fn transient(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// Sends one body, retrying what the cluster could not take yet.
+async fn send_bulk(cluster: &Cluster, mut body: FrozenBody) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=BULK_ATTEMPTS {
+        let last = attempt == BULK_ATTEMPTS;
+        let sent = cluster
+            .send(
+                Method::Post,
+                "/_bulk?filter_path=errors,items.*.status,items.*.error",
+                Some(body.bytes.clone()),
+                true,
+                "loading documents",
+            )
+            .await;
+        let reply = match sent {
+            Ok(reply) => reply,
+            Err(e) if last => return Err(e),
+            Err(e) => {
+                warn!(error = %e, attempt, "bulk request failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let status = reply.status.as_u16();
+        if transient(status) && !last {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
+        if reply.status.as_u16() == 400 {
+            // The request as a whole was refused for what it holds (an id too long, say).
+            let refused = cluster.refused("a bulk request", &reply);
+            return Err(Error::invalid_data(refused.to_string()));
+        }
+        if !reply.status.is_success() {
+            return Err(cluster.refused("a bulk request", &reply));
+        }
+        let parsed: BulkReply = serde_json::from_slice(&reply.body).map_err(|e| {
+            Error::storage(
+                cluster.target(),
+                "loading documents",
+                format!("unreadable bulk reply: {e}"),
+            )
+        })?;
+        if !parsed.errors {
+            return Ok(outcome);
+        }
+        let mut retry = Vec::new();
+        for (i, item) in parsed.items.iter().enumerate() {
+            let Some(item) = item.values().next() else {
+                continue;
+            };
+            if item.status < 300 {
+                continue;
+            }
+            if transient(item.status) && !last {
+                retry.push(i);
+                continue;
+            }
+            outcome.rejected += 1;
+            if outcome.reasons.len() < REPORTED_REASONS {
+                let reason = item
+                    .error
+                    .as_ref()
+                    .and_then(|e| error_reason(&json!({ "error": e })))
+                    .unwrap_or_else(|| format!("status {}", item.status));
+                outcome.reasons.push(reason);
+            }
+        }
+        if retry.is_empty() {
+            return Ok(outcome);
+        }
+        body = body.select(&retry);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    fn batch() -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn upserts_carry_ids_and_bodies_are_cut_at_the_limit() {
+        let actions = Actions {
+            index: "sales.quiver-1".into(),
+            key: vec!["id".into()],
+            upsert: true,
+            put: 5,
+        };
+        let (open, full) = encode(&actions, &batch(), 10, Body::default(), 150).unwrap();
+        let all: Vec<Body> = full.into_iter().chain([open]).collect();
+        assert!(all.len() >= 2, "a small limit cuts several bodies");
+        assert_eq!(all.iter().map(|b| b.starts.len()).sum::<usize>(), 3);
+        let text = String::from_utf8(all[0].bytes.clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0],
+            json!({"update": {"_index": "sales.quiver-1", "_id": "1"}})
+        );
+        assert_eq!(
+            lines[1],
+            json!({"doc": {"id": 1, "name": "a", "__quiver": {"put": 5, "row": 10}},
+                   "doc_as_upsert": true})
+        );
+    }
+
+    #[test]
+    fn composite_keys_are_json_arrays_and_null_keys_are_refused() {
+        let ids = document_ids(&["id".into(), "name".into()], &batch())
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids[0], r#"["1","a"]"#);
+        let nulls = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        let err = document_ids(&["id".into()], &nulls)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'id' holds nulls"), "{err}");
+    }
+
+    #[test]
+    fn a_body_keeps_only_the_selected_actions() {
+        let actions = Actions {
+            index: "i".into(),
+            key: vec![],
+            upsert: false,
+            put: 1,
+        };
+        let (open, _) = encode(&actions, &batch(), 0, Body::default(), usize::MAX).unwrap();
+        let frozen = open.freeze();
+        let selected = frozen.select(&[2]);
+        assert_eq!(selected.starts, vec![0]);
+        let text = String::from_utf8(selected.bytes.to_vec()).unwrap();
+        assert!(text.contains("\"name\":\"c\""), "{text}");
+        assert!(!text.contains("\"name\":\"a\""), "{text}");
+    }
+}
