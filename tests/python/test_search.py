@@ -84,9 +84,9 @@ def _put(client, command, table):
     writer, reader = client.do_put(descriptor, table.schema)
     writer.write_table(table, max_chunksize=3)
     writer.done_writing()
-    result = json.loads(reader.read().to_pybytes())
-    writer.close()
-    return result
+    metadata = reader.read()
+    writer.close()  # raises the server's error for a failed put
+    return json.loads(metadata.to_pybytes())
 
 
 def _get(client, ticket):
