@@ -36,6 +36,7 @@ pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<Qui
         None => Arc::new(SqliteCatalog::open(&config.catalog_path())?),
     };
     let targets = Targets::from_config(&config.resolved_targets())?;
+    targets.recover(config.replicas > 1).await;
     let auth = Authenticator::from_config(config.auth.as_ref())?;
     Ok(QuiverService::new(
         targets,

@@ -566,7 +566,14 @@ async fn shutdown_lets_in_flight_puts_commit() {
         Ok::<_, arrow_flight::error::FlightError>(results)
     });
     tx.send(Ok(numbered(1, 100))).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Stop only once the server is running the put.
+    for _ in 0..200 {
+        let (_, metrics) = server.http_get("/metrics").await;
+        if metrics.contains("quiver_puts_in_flight{target=\"parquet\"} 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     let stopping = tokio::spawn(server.stop());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(

@@ -473,3 +473,41 @@ async fn abandoned_put_deletes_its_index() {
     );
     drop(tx);
 }
+
+/// A starting server deletes the loading indices a crashed one left (no alias points to
+/// them) and leaves everything else alone.
+async fn start_up_sweeps_orphaned_indices(kind: &'static str) {
+    let cluster = SearchServer::start(kind).await;
+    let orphan = format!("{}lost.quiver-{}", cluster.prefix, "0".repeat(32));
+    let foreign = format!("{}other.quiver-{}", cluster.prefix, "1".repeat(32));
+    for (index, prefix) in [
+        (&orphan, cluster.prefix.as_str()),
+        (&foreign, "someone-else-"),
+    ] {
+        let body = json!({"mappings": {"_meta": {"quiver": {"prefix": prefix}}}}).to_string();
+        let (status, reply) = cluster
+            .request(Method::Put, &format!("/{index}"), Some(&body))
+            .await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    let server = server_for(&cluster).await;
+    let mut client = server.client().await;
+    let b = numbered(1, 5);
+    put(&mut client, path(&[kind, "kept"]), b.schema(), vec![b])
+        .await
+        .unwrap();
+    let indices = cluster.indices().await;
+    assert!(!indices.contains(&orphan), "{kind}: {indices:?}");
+    assert!(indices.contains(&foreign), "{kind}: {indices:?}");
+    assert_eq!(indices.len(), 2, "{kind}: {indices:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_start_up_sweeps_orphaned_indices() {
+    start_up_sweeps_orphaned_indices("elasticsearch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensearch_start_up_sweeps_orphaned_indices() {
+    start_up_sweeps_orphaned_indices("opensearch").await;
+}

@@ -134,7 +134,19 @@ pub trait Target: Send + Sync + 'static {
     async fn delete(&self, req: &DeleteRequest) -> Result<()>;
     /// Checks that the storage behind the target is reachable.
     async fn healthcheck(&self) -> Result<()>;
+    /// Removes what a server that crashed mid-put left behind (staged files, unaliased
+    /// indices) and returns what it removed. With `shared`, other servers may be writing right
+    /// now, so only leftovers older than [`SHARED_LEFTOVER_AGE`] go.
+    async fn recover(&self, _shared: bool) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
+
+/// With several servers sharing storage, how old an orphaned put's leftovers must be before
+/// a starting server removes them: no put runs this long.
+pub const SHARED_LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Longest one target's recovery sweep may delay start-up.
+const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[async_trait]
 pub trait AssetWriter: Send {
@@ -143,6 +155,14 @@ pub trait AssetWriter: Send {
     async fn commit(self: Box<Self>) -> Result<WriteSummary>;
     /// Discards everything written; the previous version stays as it was.
     async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// A table or index location, with `?partition=<key>` for one partition.
+pub fn partition_location(base: String, partition: Option<&Partition>) -> String {
+    match partition {
+        Some(p) => format!("{base}?partition={p}"),
+        None => base,
+    }
 }
 
 /// The configured targets, by name.
@@ -192,6 +212,31 @@ impl Targets {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Target>> {
         self.by_name.values()
+    }
+
+    /// Runs every target's recovery sweep, before the server accepts calls. A target that
+    /// cannot be reached is logged and skipped; its leftovers go at a later start.
+    pub async fn recover(&self, shared: bool) {
+        for target in self.iter() {
+            match tokio::time::timeout(RECOVERY_TIMEOUT, target.recover(shared)).await {
+                Ok(Ok(removed)) if removed.is_empty() => {}
+                Ok(Ok(removed)) => tracing::info!(
+                    target = target.name(),
+                    count = removed.len(),
+                    removed = %removed.join(", "),
+                    "removed what interrupted puts left behind"
+                ),
+                Ok(Err(e)) => tracing::warn!(
+                    target = target.name(),
+                    error = %e,
+                    "could not look for what interrupted puts left behind"
+                ),
+                Err(_) => tracing::warn!(
+                    target = target.name(),
+                    "the recovery sweep timed out; it runs again at the next start"
+                ),
+            }
+        }
     }
 
     /// Names of the targets that can write `mode`, for error messages.

@@ -130,10 +130,7 @@ impl Target for DuckDbTarget {
             table.schema,
             table.table
         );
-        match partition {
-            Some(p) => format!("{base}?partition={p}"),
-            None => base,
-        }
+        crate::targets::partition_location(base, partition)
     }
 
     fn schema_policy(&self) -> SchemaPolicy {

@@ -416,6 +416,24 @@ impl Target for FileTarget {
             .map(|_| ())
             .map_err(|e| Error::storage(&self.name, "listing the root", e))
     }
+
+    /// Removes upload parts staged next to their destination (`<file>#<n>`) by puts that
+    /// never completed. On object stores, incomplete multipart uploads are the bucket's to
+    /// expire (an `AbortIncompleteMultipartUpload` lifecycle rule).
+    async fn recover(&self, shared: bool) -> Result<Vec<String>> {
+        let Some(dir) = self.root_url.strip_prefix("file://") else {
+            return Ok(Vec::new());
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let min_age = if shared {
+            crate::targets::SHARED_LEFTOVER_AGE
+        } else {
+            std::time::Duration::ZERO
+        };
+        tokio::task::spawn_blocking(move || remove_staged(&dir, min_age))
+            .await?
+            .map_err(|e| Error::storage(&self.name, "removing staged upload parts", e))
+    }
 }
 
 /// Encodes batches on the blocking pool and streams the bytes into one upload.
@@ -701,4 +719,34 @@ pub(crate) fn text_dictionary_ok(data_type: &arrow_schema::DataType, top_level: 
         DataType::Map(f, _) => text_dictionary_ok(f.data_type(), false),
         _ => true,
     }
+}
+
+/// Deletes files named `<name>#<digits>` (object_store's staged upload parts) under `dir`.
+fn remove_staged(
+    dir: &std::path::Path,
+    min_age: std::time::Duration,
+) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let staged = name
+                .to_string_lossy()
+                .rsplit_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let age = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+            if staged && age >= min_age {
+                std::fs::remove_file(&path)?;
+                removed.push(path.display().to_string());
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -218,10 +218,7 @@ impl Target for PostgresTarget {
     fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String {
         let table = self.table(asset);
         let base = format!("{}#{}.{}", self.display, table.schema, table.table);
-        match partition {
-            Some(p) => format!("{base}?partition={p}"),
-            None => base,
-        }
+        crate::targets::partition_location(base, partition)
     }
 
     fn schema_policy(&self) -> SchemaPolicy {

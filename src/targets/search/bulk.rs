@@ -305,7 +305,7 @@ impl Drop for SearchWriter {
             let cluster = Arc::clone(&self.cluster);
             let index = self.destination.index.clone();
             handle.spawn(async move {
-                if let Err(e) = cluster.delete_indices(&[index.clone()]).await {
+                if let Err(e) = cluster.delete_indices(std::slice::from_ref(&index)).await {
                     warn!(%index, error = %e, "could not delete the index of an abandoned put");
                 }
             });

@@ -374,6 +374,48 @@ impl Cluster {
         }
     }
 
+    /// Indices matching `pattern`, created with `_meta.quiver.prefix` = `prefix`, that no
+    /// alias points to and that are at least `min_age` old.
+    pub async fn unaliased_indices(
+        &self,
+        pattern: &str,
+        prefix: &str,
+        min_age: Duration,
+    ) -> Result<Vec<String>> {
+        let action = "listing indices";
+        let aliases = self
+            .call(Method::Get, &format!("/{pattern}/_alias"), None, action)
+            .await?;
+        let settings = self
+            .call(Method::Get, &format!("/{pattern}/_settings"), None, action)
+            .await?;
+        let mappings = self
+            .call(Method::Get, &format!("/{pattern}/_mapping"), None, action)
+            .await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut orphans: Vec<String> = aliases
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v["aliases"].as_object().is_none_or(|a| a.is_empty()))
+            // Another deployment's prefix may match the pattern too.
+            .filter(|(index, _)| {
+                mappings[index.as_str()]["mappings"]["_meta"]["quiver"]["prefix"].as_str()
+                    == Some(prefix)
+            })
+            .filter(|(index, _)| {
+                let created = settings[index.as_str()]["settings"]["index"]["creation_date"]
+                    .as_str()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .unwrap_or(now_ms);
+                now_ms.saturating_sub(created) >= min_age.as_millis() as i64
+            })
+            .map(|(index, _)| index.clone())
+            .collect();
+        orphans.sort();
+        Ok(orphans)
+    }
+
     pub async fn ping(&self) -> Result<()> {
         self.call(Method::Get, "/", None, "a health check")
             .await

@@ -245,10 +245,7 @@ impl Target for SearchTarget {
             .alias(asset)
             .unwrap_or_else(|_| asset.segments().join(".").to_lowercase());
         let base = format!("{}/{alias}", self.cluster.display_url());
-        match partition {
-            Some(p) => format!("{base}?partition={p}"),
-            None => base,
-        }
+        crate::targets::partition_location(base, partition)
     }
 
     fn schema_policy(&self) -> SchemaPolicy {
@@ -332,6 +329,7 @@ impl Target for SearchTarget {
                     }
                 }
                 let meta = json!({
+                    "prefix": self.config.index_prefix,
                     "asset": req.asset.to_string(),
                     "partition": req.partition.as_ref().map(Partition::to_json),
                 });
@@ -378,6 +376,26 @@ impl Target for SearchTarget {
 
     async fn healthcheck(&self) -> Result<()> {
         self.cluster.ping().await
+    }
+
+    /// Deletes Quiver's indices that no alias points to: loads a crashed server never
+    /// committed.
+    async fn recover(&self, shared: bool) -> Result<Vec<String>> {
+        let min_age = if shared {
+            crate::targets::SHARED_LEFTOVER_AGE
+        } else {
+            std::time::Duration::ZERO
+        };
+        let orphans = self
+            .cluster
+            .unaliased_indices(
+                &format!("{}*.quiver-*", self.config.index_prefix),
+                &self.config.index_prefix,
+                min_age,
+            )
+            .await?;
+        self.cluster.delete_indices(&orphans).await?;
+        Ok(orphans)
     }
 }
 
