@@ -231,7 +231,15 @@ impl Inner {
                     ));
                 }
             },
-            Some(Err(e)) => return Err(flight_error(e)),
+            Some(Err(FlightError::Tonic(status))) => {
+                return Err(flight_error(FlightError::Tonic(status)));
+            }
+            Some(Err(e)) => {
+                return Err(Error::invalid_data(format!(
+                    "the DoPut stream does not start with an Arrow schema message ({e}); \
+                     send the schema first, e.g. with the descriptor in the same message"
+                )));
+            }
             None => {
                 return Err(Error::invalid_request(
                     "the DoPut stream ended before a schema was sent",
@@ -679,6 +687,12 @@ fn partition_columns_for(
 }
 
 fn check_columns(cmd: &AssetCommand, schema: &Schema) -> Result<()> {
+    if schema.fields().is_empty() {
+        return Err(Error::invalid_request(format!(
+            "the schema sent for asset '{}' has no columns; an asset needs at least one column",
+            cmd.asset
+        )));
+    }
     let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
     let missing = |column: &str| {
         Error::invalid_request(format!(

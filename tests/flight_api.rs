@@ -738,3 +738,191 @@ async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
     .await
     .expect("admitted once the first put finished");
 }
+
+/// Encodes `batches` (schema first) under `descriptor` as the messages of one DoPut.
+fn encoded(
+    descriptor: Option<FlightDescriptor>,
+    batches: Vec<arrow_array::RecordBatch>,
+) -> Vec<arrow_flight::FlightData> {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    let input = futures::stream::iter(batches.into_iter().map(Ok));
+    futures::executor::block_on(
+        FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(descriptor)
+            .build(input)
+            .try_collect(),
+    )
+    .expect("encode")
+}
+
+/// Sends raw DoPut messages; the status the server answers with.
+async fn put_raw(
+    client: &mut arrow_flight::FlightClient,
+    messages: Vec<arrow_flight::FlightData>,
+) -> Result<Vec<arrow_flight::PutResult>, tonic::Status> {
+    let stream = futures::stream::iter(messages.into_iter().map(Ok));
+    client
+        .do_put(stream)
+        .await
+        .map_err(status)?
+        .try_collect()
+        .await
+        .map_err(status)
+}
+
+/// The bad-input catalogue: each malformed put gets the right status, a message naming the
+/// problem, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_catalogue() {
+    use arrow_array::{Int64Array, RecordBatch, StringArray};
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let batch = numbered(1, 3);
+    let descriptor = |target: &str, asset: &str| Some(path(&[target, asset]));
+
+    // An unknown mode.
+    let result = put(
+        &mut client,
+        cmd(json!({"target": "duckdb", "asset": "a", "mode": "merge"})),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await;
+    assert_status(result, Code::InvalidArgument, "merge");
+
+    // Path traversal and other unsafe names.
+    for name in ["..", "a/../../etc", ".hidden", "a\\b", "a b"] {
+        let result = put(
+            &mut client,
+            cmd(json!({"target": "parquet", "asset": name})),
+            batch.schema(),
+            vec![batch.clone()],
+        )
+        .await;
+        assert_status(result, Code::InvalidArgument, "asset key");
+    }
+
+    // An empty stream, and a stream with a descriptor but no schema.
+    assert_status(
+        put_raw(&mut client, vec![]).await,
+        Code::InvalidArgument,
+        "empty",
+    );
+    let descriptor_only = vec![arrow_flight::FlightData {
+        flight_descriptor: descriptor("parquet", "a"),
+        ..Default::default()
+    }];
+    assert_status(
+        put_raw(&mut client, descriptor_only).await,
+        Code::InvalidArgument,
+        "schema",
+    );
+
+    // A second schema in the middle of the stream.
+    let other = RecordBatch::try_from_iter([(
+        "name",
+        Arc::new(StringArray::from(vec!["x"])) as arrow_array::ArrayRef,
+    )])
+    .unwrap();
+    let mut messages = encoded(descriptor("parquet", "two-schemas"), vec![batch.clone()]);
+    messages.extend(encoded(None, vec![other.clone()]));
+    assert_status(
+        put_raw(&mut client, messages).await,
+        Code::InvalidArgument,
+        "second schema",
+    );
+
+    // A batch whose body does not match the announced schema.
+    let mut messages = encoded(descriptor("duckdb", "mismatch"), vec![batch.clone()]);
+    let foreign = encoded(None, vec![other]);
+    messages.truncate(1);
+    messages.push(foreign[1].clone());
+    let result = put_raw(&mut client, messages).await;
+    assert!(
+        matches!(
+            result.as_ref().map_err(|s| s.code()),
+            Err(Code::InvalidArgument)
+        ),
+        "{result:?}"
+    );
+
+    // A schema with no columns.
+    let empty = RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        vec![],
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(2)),
+    )
+    .unwrap();
+    let result = put(
+        &mut client,
+        path(&["duckdb", "no-columns"]),
+        empty.schema(),
+        vec![empty],
+    )
+    .await;
+    assert_status(result, Code::InvalidArgument, "column");
+
+    // A partition key that the partition column's type cannot hold.
+    let ids = RecordBatch::try_from_iter([(
+        "id",
+        Arc::new(Int64Array::from(vec![1])) as arrow_array::ArrayRef,
+    )])
+    .unwrap();
+    let result = put(
+        &mut client,
+        cmd(json!({"target": "duckdb", "asset": "by-id", "partition": "abc", "partition_column": "id"})),
+        ids.schema(),
+        vec![ids],
+    )
+    .await;
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("abc"),
+        "the message names the key: {err}"
+    );
+
+    // A huge string is stored whole.
+    // 3 MiB: under the 4 MiB a default gRPC client accepts per message on the way back.
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let big = RecordBatch::try_from_iter([(
+        "text",
+        Arc::new(StringArray::from(vec![huge.as_str()])) as arrow_array::ArrayRef,
+    )])
+    .unwrap();
+    put(
+        &mut client,
+        path(&["parquet", "huge"]),
+        big.schema(),
+        vec![big],
+    )
+    .await
+    .unwrap();
+    let (_, got) = get(&mut client, json!({"target": "parquet", "asset": "huge"}))
+        .await
+        .unwrap();
+    let text = got[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(text.value(0).len(), huge.len());
+
+    // Nothing of the refused puts exists.
+    let all: Vec<_> = client
+        .list_flights(Vec::<u8>::new())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let paths: Vec<Vec<String>> = all
+        .iter()
+        .map(|i| i.flight_descriptor.clone().unwrap().path)
+        .collect();
+    assert_eq!(
+        paths,
+        [["parquet", "huge"]],
+        "only the huge string was stored"
+    );
+}

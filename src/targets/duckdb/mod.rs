@@ -42,9 +42,26 @@ pub struct DuckDbTarget {
     schema_lock: Arc<Mutex<()>>,
 }
 
+/// Maps a DuckDB error by its class (the message's prefix): data DuckDB cannot convert is
+/// the caller's to fix, a constraint or catalog conflict is the asset's state, the rest is
+/// the storage failing.
 fn db_error(target: &str, action: &str) -> impl Fn(duckdb::Error) -> Error {
     let (target, action) = (target.to_string(), action.to_string());
-    move |e| Error::storage(&target, &action, e)
+    move |e| {
+        let text = e.to_string();
+        let class = text.split_once(" Error:").map(|(c, _)| c).unwrap_or("");
+        match class {
+            "Conversion" | "Invalid Input" | "Out of Range" | "Mismatch Type" => {
+                Error::invalid_data(format!(
+                    "target '{target}' (duckdb) refused the data while {action}: {text}"
+                ))
+            }
+            "Constraint" | "Binder" | "Catalog" | "Dependency" => Error::failed_precondition(
+                format!("target '{target}' (duckdb) cannot do this while {action}: {text}"),
+            ),
+            _ => Error::storage(&target, &action, e),
+        }
+    }
 }
 
 impl DuckDbTarget {
