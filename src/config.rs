@@ -254,6 +254,9 @@ pub struct LimitsConfig {
     /// Most puts running at once into one target.
     #[serde(default = "default_max_concurrent_puts_per_target")]
     pub max_concurrent_puts_per_target: usize,
+    /// Seconds a put may wait for the client's next message before it is aborted.
+    #[serde(default = "default_put_idle_timeout_secs")]
+    pub put_idle_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -262,8 +265,13 @@ impl Default for LimitsConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_concurrent_puts: default_max_concurrent_puts(),
             max_concurrent_puts_per_target: default_max_concurrent_puts_per_target(),
+            put_idle_timeout_secs: default_put_idle_timeout_secs(),
         }
     }
+}
+
+fn default_put_idle_timeout_secs() -> u64 {
+    300
 }
 
 fn default_max_concurrent_puts() -> usize {
@@ -684,6 +692,11 @@ impl Config {
         if self.limits.max_concurrent_puts == 0 || self.limits.max_concurrent_puts_per_target == 0 {
             return Err(Error::config(
                 "limits.max_concurrent_puts and limits.max_concurrent_puts_per_target must be at least 1",
+            ));
+        }
+        if self.limits.put_idle_timeout_secs == 0 {
+            return Err(Error::config(
+                "limits.put_idle_timeout_secs must be at least 1",
             ));
         }
         if self.limits.max_message_bytes < 1024 {

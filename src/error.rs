@@ -61,6 +61,10 @@ pub enum Error {
     #[error("{message}")]
     ResourceExhausted { message: String },
 
+    /// A client took too long: a put's stream stalled, say.
+    #[error("{message}")]
+    Timeout { message: String },
+
     /// The caller may not do this to this asset.
     #[error("{message}")]
     PermissionDenied { message: String },
@@ -197,6 +201,7 @@ impl Error {
             Self::ReadConflict { .. } => Code::Aborted,
             Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Self::Timeout { .. } => Code::DeadlineExceeded,
             Self::Cancelled { .. } => Code::Cancelled,
             Self::Storage { .. } | Self::Catalog { .. } => Code::Unavailable,
             Self::Format { .. } | Self::Config { .. } | Self::Internal { .. } => Code::Internal,

@@ -64,6 +64,8 @@ const ACTIONS: [(&str, &str); 4] = [
 /// readers that are opening the asset, so a reader always pins one whole version.
 /// Caps on puts running at once, for the server and per target.
 struct PutLimits {
+    /// How long a put waits for the client's next message.
+    idle: std::time::Duration,
     all: Arc<tokio::sync::Semaphore>,
     max_all: usize,
     per_target: usize,
@@ -73,6 +75,7 @@ struct PutLimits {
 impl PutLimits {
     fn new(limits: &LimitsConfig) -> Self {
         Self {
+            idle: std::time::Duration::from_secs(limits.put_idle_timeout_secs),
             all: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_puts)),
             max_all: limits.max_concurrent_puts,
             per_target: limits.max_concurrent_puts_per_target,
@@ -281,7 +284,7 @@ impl Inner {
             existing: existing.as_ref().map(|r| Arc::clone(&r.schema)),
         };
         let mut writer = target.begin(&request, Arc::clone(&schema)).await?;
-        if let Err(e) = pump(&mut decoder, writer.as_mut()).await {
+        if let Err(e) = pump(&mut decoder, writer.as_mut(), self.limits.idle).await {
             if let Err(abort) = writer.abort().await {
                 warn!(error = %abort, "aborting a failed put also failed");
             }
@@ -639,8 +642,22 @@ impl Inner {
 }
 
 /// Feeds every decoded batch to the writer.
-async fn pump(decoder: &mut FlightDataDecoder, writer: &mut dyn AssetWriter) -> Result<()> {
-    while let Some(item) = decoder.next().await {
+async fn pump(
+    decoder: &mut FlightDataDecoder,
+    writer: &mut dyn AssetWriter,
+    idle: std::time::Duration,
+) -> Result<()> {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, decoder.next()).await else {
+            return Err(Error::Timeout {
+                message: format!(
+                    "the client sent nothing for {} s in the middle of a put, which was aborted \
+                     (limits.put_idle_timeout_secs)",
+                    idle.as_secs()
+                ),
+            });
+        };
+        let Some(item) = next else { break };
         match item.map_err(flight_error)?.payload {
             DecodedPayload::RecordBatch(batch) => writer.write(batch).await?,
             DecodedPayload::Schema(_) => {

@@ -926,3 +926,27 @@ async fn bad_input_catalogue() {
         "only the huge string was stored"
     );
 }
+
+/// A put whose client stops sending is aborted after `put_idle_timeout_secs`, freeing its
+/// slot, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_puts_time_out() {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use futures::SinkExt;
+    let server = TestServer::start_with_toml("[limits]\nput_idle_timeout_secs = 1\n").await;
+    let mut client = server.client().await;
+    let (mut tx, rx) = futures::channel::mpsc::channel(4);
+    let encoded = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(path(&["parquet", "stalled"])))
+        .build(rx);
+    let call = tokio::spawn(async move {
+        let results: Vec<_> = client.do_put(encoded).await?.try_collect().await?;
+        Ok::<_, arrow_flight::error::FlightError>(results)
+    });
+    tx.send(Ok(numbered(1, 10))).await.unwrap();
+    let err = status(call.await.unwrap().unwrap_err());
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(err.message().contains("put_idle_timeout_secs"), "{err}");
+    assert!(server.files().is_empty(), "{:?}", server.files());
+    drop(tx);
+}
