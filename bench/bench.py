@@ -265,7 +265,7 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="duckdb,parquet,postgres",
-        help="comma-separated subset of duckdb, parquet, postgres, elasticsearch",
+        help="comma-separated: duckdb, parquet, postgres, elasticsearch (default: the first three)",
     )
     parser.add_argument(
         "--elasticsearch-url",
