@@ -553,18 +553,9 @@ async fn format_limits_are_refused_with_the_column_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_puts_commit() {
-    use arrow_flight::encode::FlightDataEncoderBuilder;
     use futures::SinkExt;
     let server = TestServer::start().await;
-    let mut client = server.client().await;
-    let (mut tx, rx) = futures::channel::mpsc::channel(4);
-    let encoded = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(path(&["parquet", "in-flight"])))
-        .build(rx);
-    let call = tokio::spawn(async move {
-        let results: Vec<_> = client.do_put(encoded).await?.try_collect().await?;
-        Ok::<_, arrow_flight::error::FlightError>(results)
-    });
+    let (mut tx, call) = open_put(server.client().await, path(&["parquet", "in-flight"]));
     tx.send(Ok(numbered(1, 100))).await.unwrap();
     // Stop only once the server is running the put.
     for _ in 0..200 {
@@ -931,18 +922,9 @@ async fn bad_input_catalogue() {
 /// slot, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_puts_time_out() {
-    use arrow_flight::encode::FlightDataEncoderBuilder;
     use futures::SinkExt;
     let server = TestServer::start_with_toml("[limits]\nput_idle_timeout_secs = 1\n").await;
-    let mut client = server.client().await;
-    let (mut tx, rx) = futures::channel::mpsc::channel(4);
-    let encoded = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(path(&["parquet", "stalled"])))
-        .build(rx);
-    let call = tokio::spawn(async move {
-        let results: Vec<_> = client.do_put(encoded).await?.try_collect().await?;
-        Ok::<_, arrow_flight::error::FlightError>(results)
-    });
+    let (mut tx, call) = open_put(server.client().await, path(&["parquet", "stalled"]));
     tx.send(Ok(numbered(1, 10))).await.unwrap();
     let err = status(call.await.unwrap().unwrap_err());
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");

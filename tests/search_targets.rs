@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_schema::{DataType, Field, Schema};
 use elasticsearch::http::Method;
-use futures::{SinkExt, TryStreamExt};
+use futures::SinkExt;
 use serde_json::json;
 use tonic::Code;
 
@@ -437,15 +436,10 @@ async fn abandoned_put_deletes_its_index() {
     let cluster = SearchServer::start("opensearch").await;
     let server = server_for(&cluster).await;
     let (relay_addr, relay_task) = relay(server.addr).await;
-    let mut writer = client_at(relay_addr).await;
-    let (mut tx, rx) = futures::channel::mpsc::channel(4);
-    let encoded = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(cmd(json!({"target": "opensearch", "asset": "gone"}))))
-        .build(rx);
-    let call = tokio::spawn(async move {
-        let results: Vec<_> = writer.do_put(encoded).await?.try_collect().await?;
-        Ok::<_, arrow_flight::error::FlightError>(results)
-    });
+    let (mut tx, call) = open_put(
+        client_at(relay_addr).await,
+        cmd(json!({"target": "opensearch", "asset": "gone"})),
+    );
     tx.send(Ok(numbered(1, 500))).await.unwrap();
     for _ in 0..100 {
         if !cluster.indices().await.is_empty() {

@@ -287,3 +287,20 @@ pub async fn client_at(addr: SocketAddr) -> FlightClient {
         .expect("connect");
     FlightClient::new(channel)
 }
+
+/// A put left open: send batches on the returned sender, drop it to finish; the handle
+/// resolves to the call's results.
+pub type OpenPut = (
+    futures::channel::mpsc::Sender<Result<RecordBatch, FlightError>>,
+    tokio::task::JoinHandle<Result<Vec<PutResult>, FlightError>>,
+);
+
+/// Starts a DoPut under `descriptor` whose batches the caller sends one at a time.
+pub fn open_put(mut client: FlightClient, descriptor: FlightDescriptor) -> OpenPut {
+    let (tx, rx) = futures::channel::mpsc::channel(4);
+    let encoded = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(rx);
+    let call = tokio::spawn(async move { client.do_put(encoded).await?.try_collect().await });
+    (tx, call)
+}
