@@ -2,11 +2,9 @@
 and check that every asset is exactly its last committed version and nothing is left over."""
 
 import json
-import os
 import signal
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 from conftest import Server, _psql
-from test_search import SearchCluster
+from test_search import SearchCluster, cluster_request
 
 TARGETS = ["parquet", "duckdb", "postgres", "search"]
 
@@ -57,8 +55,8 @@ def _staged_files(data: Path):
 
 
 def _unaliased(url: str, prefix: str):
-    with urllib.request.urlopen(f"{url}/{prefix}*.quiver-*/_alias") as response:
-        indices = json.load(response)
+    """Indices of this test that no alias points to."""
+    indices = cluster_request(url, f"/{prefix}*.quiver-*/_alias")
     return sorted(name for name, v in indices.items() if not v.get("aliases"))
 
 

@@ -30,6 +30,21 @@ def _answers(url: str) -> bool:
         return False
 
 
+def cluster_request(url: str, path: str, method: str = "GET"):
+    """One request to a cluster URL that may carry credentials; the decoded JSON reply."""
+    import base64
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=host)) + path, method=method)
+    if parts.username:
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
+
+
 class SearchCluster:
     def __init__(self, kind: str, tmp_path):
         self.kind = kind
@@ -61,6 +76,11 @@ class SearchCluster:
         if self.proc:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
+            return
+        # A shared cluster: delete this test's indices by name.
+        names = [i["index"] for i in cluster_request(self.url, f"/_cat/indices/{self.prefix}*?format=json")]
+        if names:
+            cluster_request(self.url, "/" + ",".join(names), method="DELETE")
 
 
 @pytest.fixture(params=["elasticsearch", "opensearch"])
