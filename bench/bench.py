@@ -264,8 +264,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--scenarios",
-        default="duckdb,parquet,postgres",
-        help="comma-separated: duckdb, parquet, postgres, elasticsearch (default: the first three)",
+        default="duckdb,parquet,files,postgres",
+        help="comma-separated: duckdb, parquet, files (arrow, csv, json), postgres, elasticsearch "
+        "(default: duckdb, parquet, files, postgres)",
     )
     parser.add_argument(
         "--elasticsearch-url",
@@ -291,6 +292,8 @@ def main() -> None:
             results.append(duckdb_scenario(client, table, work, args.reps, rows, megabytes))
         if "parquet" in scenarios:
             results.append(parquet_scenario(client, table, work, args.reps, rows, megabytes))
+        if "files" in scenarios:
+            results.extend(file_format_scenarios(client, table, work, args.reps, rows, megabytes))
         if pg_url:
             results.extend(postgres_scenarios(client, table, pg_url, args.reps, rows, megabytes))
         if search:
@@ -342,6 +345,36 @@ def parquet_scenario(client, table: pa.Table, work: str, reps: int, rows: int, m
         "quiver": summary(quiver_times, rows, megabytes),
         "baseline": summary(native_times, rows, megabytes),
     }
+
+
+def file_format_scenarios(client, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> list:
+    """DoPut to the arrow, csv and json targets vs the usual Python writer of each format."""
+    import pyarrow.csv as pcsv
+    import pyarrow.feather as feather
+    import polars as pl
+
+    out = os.path.join(work, "native")
+    natives = {
+        "arrow": (
+            "pyarrow.feather.write_feather(compression='uncompressed')",
+            lambda: feather.write_feather(table, out, compression="uncompressed"),
+        ),
+        "csv": ("pyarrow.csv.write_csv", lambda: pcsv.write_csv(table, out)),
+        "json": ("polars.from_arrow(table).write_ndjson", lambda: pl.from_arrow(table).write_ndjson(out)),
+    }
+    results = []
+    for target, (native, write) in natives.items():
+        quiver_times = [quiver_put(client, table, {"target": target, "asset": "tpch/lineitem"}) for _ in range(reps)]
+        native_times = [timed(write) for _ in range(reps)]
+        results.append(
+            {
+                "scenario": f"DoPut → {target}",
+                "native": native,
+                "quiver": summary(quiver_times, rows, megabytes),
+                "baseline": summary(native_times, rows, megabytes),
+            }
+        )
+    return results
 
 
 def write_report(args, results: list, rows: int, megabytes: float, peak: float) -> None:
