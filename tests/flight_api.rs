@@ -682,20 +682,11 @@ async fn metrics_and_probes_answer_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
-    use arrow_flight::encode::FlightDataEncoderBuilder;
     use futures::SinkExt;
     let server =
         TestServer::start_with_toml("[limits]\nmax_concurrent_puts_per_target = 1\n").await;
     // The first put is held open.
-    let mut first_client = server.client().await;
-    let (mut tx, rx) = futures::channel::mpsc::channel(2);
-    let encoded = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(path(&["parquet", "held"])))
-        .build(rx);
-    let first = tokio::spawn(async move {
-        let results: Vec<_> = first_client.do_put(encoded).await?.try_collect().await?;
-        Ok::<_, arrow_flight::error::FlightError>(results)
-    });
+    let (mut tx, first) = open_put(server.client().await, path(&["parquet", "held"]));
     let b = numbered(0, 3);
     tx.send(Ok(b.clone())).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

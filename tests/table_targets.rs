@@ -349,23 +349,16 @@ async fn duckdb_concurrent_puts_to_different_tables_all_commit() {
 
 /// Four puts to four tables of one target, with overlapping transactions, all commit.
 async fn concurrent_puts_to_different_tables_all_commit(server: &TestServer, target: &str) {
-    use arrow_flight::encode::FlightDataEncoderBuilder;
-    use futures::{SinkExt, TryStreamExt};
+    use futures::SinkExt;
     // Every put is held open until all have started, so their transactions overlap.
     let mut senders = Vec::new();
     let mut calls = Vec::new();
     for i in 0..4 {
-        let mut client = server.client().await;
-        let (tx, rx) = futures::channel::mpsc::channel(2);
-        let encoded = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(cmd(
-                json!({"target": target, "asset": format!("shared/t{i}")}),
-            )))
-            .build(rx);
-        calls.push(tokio::spawn(async move {
-            let results: Vec<_> = client.do_put(encoded).await?.try_collect().await?;
-            Ok::<_, arrow_flight::error::FlightError>(results)
-        }));
+        let (tx, call) = open_put(
+            server.client().await,
+            cmd(json!({"target": target, "asset": format!("shared/t{i}")})),
+        );
+        calls.push(call);
         senders.push(tx);
     }
     let b = batch(vec![("id", ids(&[1, 2, 3]), false)]);

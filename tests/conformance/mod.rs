@@ -12,7 +12,6 @@ use arrow_array::*;
 use arrow_flight::FlightClient;
 use arrow_flight::FlightData;
 use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
 use arrow_schema::{DataType, Field, Fields, Schema};
 use futures::{SinkExt, TryStreamExt};
 use serde_json::json;
@@ -542,16 +541,11 @@ async fn client_cancel_leaves_nothing(server: &TestServer, p: &Profile) {
     {
         // A client whose connection dies half-way through the put.
         let (relay_addr, relay_task) = relay(server.addr).await;
-        let mut doomed = client_at(relay_addr).await;
-        let (mut tx, rx) = futures::channel::mpsc::channel(4);
+        let (mut tx, call) = open_put(
+            client_at(relay_addr).await,
+            cmd(json!({"target": p.target, "asset": asset})),
+        );
         let batch = numbered(2, 1000);
-        let encoded = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(cmd(json!({"target": p.target, "asset": asset}))))
-            .build(rx);
-        let call = tokio::spawn(async move {
-            let results: Vec<_> = doomed.do_put(encoded).await?.try_collect().await?;
-            Ok::<_, FlightError>(results)
-        });
         tx.send(Ok(batch.clone())).await.unwrap();
         tx.send(Ok(batch)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -592,15 +586,10 @@ async fn overwrite_is_invisible_until_commit(server: &TestServer, p: &Profile) {
     let asset = "visibility/overwrite";
     let mut client = server.client().await;
     put_numbered(&mut client, p.target, asset, 1, 100).await;
-    let mut writer = server.client().await;
-    let (mut tx, rx) = futures::channel::mpsc::channel(4);
-    let encoded = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(cmd(json!({"target": p.target, "asset": asset}))))
-        .build(rx);
-    let call = tokio::spawn(async move {
-        let results: Vec<_> = writer.do_put(encoded).await?.try_collect().await?;
-        Ok::<_, arrow_flight::error::FlightError>(results)
-    });
+    let (mut tx, call) = open_put(
+        server.client().await,
+        cmd(json!({"target": p.target, "asset": asset})),
+    );
     tx.send(Ok(numbered(2, 300))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Mid-put, readers see the whole old version.
