@@ -135,9 +135,8 @@ pub trait Target: Send + Sync + 'static {
     /// Checks that the storage behind the target is reachable.
     async fn healthcheck(&self) -> Result<()>;
     /// Removes what a server that crashed mid-put left behind (staged files, unaliased
-    /// indices) and returns what it removed. With `shared`, other servers may be writing right
-    /// now, so only leftovers older than [`SHARED_LEFTOVER_AGE`] go.
-    async fn recover(&self, _shared: bool) -> Result<Vec<String>> {
+    /// indices) at least `min_age` old, and returns what it removed.
+    async fn recover(&self, _min_age: std::time::Duration) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
 }
@@ -216,9 +215,16 @@ impl Targets {
 
     /// Runs every target's recovery sweep, before the server accepts calls. A target that
     /// cannot be reached is logged and skipped; its leftovers go at a later start.
+    /// With `shared`, other servers may be writing right now, so only leftovers older than
+    /// [`SHARED_LEFTOVER_AGE`] go.
     pub async fn recover(&self, shared: bool) {
+        let min_age = if shared {
+            SHARED_LEFTOVER_AGE
+        } else {
+            std::time::Duration::ZERO
+        };
         for target in self.iter() {
-            match tokio::time::timeout(RECOVERY_TIMEOUT, target.recover(shared)).await {
+            match tokio::time::timeout(RECOVERY_TIMEOUT, target.recover(min_age)).await {
                 Ok(Ok(removed)) if removed.is_empty() => {}
                 Ok(Ok(removed)) => tracing::info!(
                     target = target.name(),

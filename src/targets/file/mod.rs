@@ -420,16 +420,11 @@ impl Target for FileTarget {
     /// Removes upload parts staged next to their destination (`<file>#<n>`) by puts that
     /// never completed. On object stores, incomplete multipart uploads are the bucket's to
     /// expire (an `AbortIncompleteMultipartUpload` lifecycle rule).
-    async fn recover(&self, shared: bool) -> Result<Vec<String>> {
+    async fn recover(&self, min_age: std::time::Duration) -> Result<Vec<String>> {
         let Some(dir) = self.root_url.strip_prefix("file://") else {
             return Ok(Vec::new());
         };
         let dir = std::path::PathBuf::from(dir);
-        let min_age = if shared {
-            crate::targets::SHARED_LEFTOVER_AGE
-        } else {
-            std::time::Duration::ZERO
-        };
         tokio::task::spawn_blocking(move || remove_staged(&dir, min_age))
             .await?
             .map_err(|e| Error::storage(&self.name, "removing staged upload parts", e))

@@ -414,6 +414,12 @@ fn transient(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
 }
 
+/// Sleeps `backoff`, then doubles it up to [`MAX_BACKOFF`].
+async fn wait(backoff: &mut Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
 /// Sends one body, retrying what the cluster could not take yet.
 async fn send_bulk(cluster: &Cluster, mut body: FrozenBody) -> Result<Outcome> {
     let mut outcome = Outcome::default();
@@ -434,15 +440,13 @@ async fn send_bulk(cluster: &Cluster, mut body: FrozenBody) -> Result<Outcome> {
             Err(e) if last => return Err(e),
             Err(e) => {
                 warn!(error = %e, attempt, "bulk request failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                wait(&mut backoff).await;
                 continue;
             }
         };
         let status = reply.status.as_u16();
         if transient(status) && !last {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            wait(&mut backoff).await;
             continue;
         }
         if reply.status.as_u16() == 400 {
@@ -489,8 +493,7 @@ async fn send_bulk(cluster: &Cluster, mut body: FrozenBody) -> Result<Outcome> {
             return Ok(outcome);
         }
         body = body.select(&retry);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        wait(&mut backoff).await;
     }
     Ok(outcome)
 }

@@ -241,10 +241,7 @@ impl Target for SearchTarget {
     }
 
     fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String {
-        let alias = self
-            .alias(asset)
-            .unwrap_or_else(|_| asset.segments().join(".").to_lowercase());
-        let base = format!("{}/{alias}", self.cluster.display_url());
+        let base = format!("{}/{}", self.cluster.display_url(), self.storage_id(asset));
         crate::targets::partition_location(base, partition)
     }
 
@@ -252,6 +249,8 @@ impl Target for SearchTarget {
         SchemaPolicy::Evolve
     }
 
+    /// The alias; for a key the cluster would refuse (the put fails in `begin`), its
+    /// lowercased form, so two such keys still compare.
     fn storage_id(&self, asset: &AssetKey) -> String {
         self.alias(asset)
             .unwrap_or_else(|_| asset.segments().join(".").to_lowercase())
@@ -380,12 +379,7 @@ impl Target for SearchTarget {
 
     /// Deletes Quiver's indices that no alias points to: loads a crashed server never
     /// committed.
-    async fn recover(&self, shared: bool) -> Result<Vec<String>> {
-        let min_age = if shared {
-            crate::targets::SHARED_LEFTOVER_AGE
-        } else {
-            std::time::Duration::ZERO
-        };
+    async fn recover(&self, min_age: std::time::Duration) -> Result<Vec<String>> {
         let orphans = self
             .cluster
             .unaliased_indices(
