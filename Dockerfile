@@ -8,8 +8,9 @@ WORKDIR /src
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ make \
     && rm -rf /var/lib/apt/lists/*
-COPY Cargo.toml Cargo.lock rust-toolchain.toml build.rs ./
+COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
 COPY proto ./proto
+COPY crates ./crates
 # Dependencies first: a placeholder crate with the same manifest.
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \

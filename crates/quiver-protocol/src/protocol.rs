@@ -17,6 +17,10 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/quiver.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of `quiver.v1` and `arrow.flight.protocol` (with the
+/// well-known types they import), served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 /// How a put combines with what the asset already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -381,6 +385,11 @@ pub fn parse_ticket(ticket: &[u8]) -> Result<AssetTicket> {
         }
         for p in json.partitions.unwrap_or_default() {
             partitions.push(p.into_partition()?);
+        }
+        if json.columns.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::invalid_request(
+                "the ticket's \"columns\" is empty; list the columns to read, or leave it out to read them all",
+            ));
         }
         return Ok(AssetTicket {
             target: json.target.as_deref().map(check_target_name).transpose()?,

@@ -1,0 +1,4 @@
+#![no_main]
+//! Checks `quiver_protocol::invariants::action_body` on every input.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| quiver_protocol::invariants::action_body(data));
