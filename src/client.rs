@@ -94,7 +94,9 @@ async fn channel(args: &ServerArg) -> Result<tonic::transport::Channel> {
         None => format!("http://{server}"),
     };
     let mut endpoint = tonic::transport::Channel::from_shared(uri.clone())
-        .map_err(|e| Error::invalid_request(format!("bad server address {server:?}: {e}")))?;
+        .map_err(|e| Error::invalid_request(format!("bad server address {server:?}: {e}")))?
+        // As on the server: windows sized from the measured bandwidth, not HTTP/2's 64 KiB.
+        .http2_adaptive_window(true);
     if uri.starts_with("https://") {
         crate::server::use_ring_for_tls();
         let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();

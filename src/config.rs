@@ -298,7 +298,14 @@ pub enum TargetConfig {
     Postgres(PostgresConfig),
     Elasticsearch(SearchConfig),
     Opensearch(SearchConfig),
+    /// Keeps nothing: for measuring the Flight transport alone (see docs/benchmarks.md).
+    Discard(DiscardConfig),
 }
+
+/// The discard target has no settings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardConfig {}
 
 impl TargetConfig {
     pub fn kind(&self) -> &'static str {
@@ -311,6 +318,7 @@ impl TargetConfig {
             Self::Postgres(_) => "postgres",
             Self::Elasticsearch(_) => "elasticsearch",
             Self::Opensearch(_) => "opensearch",
+            Self::Discard(_) => "discard",
         }
     }
 
@@ -331,7 +339,9 @@ impl TargetConfig {
                 }
                 return;
             }
-            Self::Postgres(_) | Self::Elasticsearch(_) | Self::Opensearch(_) => return,
+            Self::Postgres(_) | Self::Elasticsearch(_) | Self::Opensearch(_) | Self::Discard(_) => {
+                return;
+            }
         };
         if root.is_none() {
             *root = Some(data_dir.join(name).to_string_lossy().into_owned());
@@ -602,7 +612,8 @@ impl Config {
                 }
                 TargetConfig::Postgres(_)
                 | TargetConfig::Elasticsearch(_)
-                | TargetConfig::Opensearch(_) => continue,
+                | TargetConfig::Opensearch(_)
+                | TargetConfig::Discard(_) => continue,
                 TargetConfig::Parquet(c) => c.root.as_deref(),
                 TargetConfig::Arrow(c) => c.root.as_deref(),
                 TargetConfig::Json(c) | TargetConfig::Csv(c) => c.root.as_deref(),
@@ -765,7 +776,7 @@ impl Config {
                     crate::targets::search::check_config(c)
                         .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
                 }
-                TargetConfig::Json(_) | TargetConfig::Csv(_) => {}
+                TargetConfig::Json(_) | TargetConfig::Csv(_) | TargetConfig::Discard(_) => {}
             }
         }
         Ok(())

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -50,7 +49,7 @@ pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<Qui
 /// How often target health is probed for the gRPC health service.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves Flight (and `grpc.health.v1`) on `listener` until `shutdown` resolves, then lets
+/// Serves Flight (with `grpc.health.v1` and gRPC reflection) on `listener` until `shutdown` resolves, then lets
 /// in-flight calls finish. Binds the metrics address from the configuration, if any.
 pub async fn serve(
     config: Config,
@@ -113,16 +112,21 @@ pub async fn serve_on(
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the listen address: {e}")))?;
     info!(%addr, targets = ?config.resolved_targets().keys().collect::<Vec<_>>(), "quiver is serving Arrow Flight");
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2's default 64 KiB flow-control windows hold one put stream to a fraction of what
+    // loopback or a LAN carries: let hyper size them from the measured bandwidth-delay product.
+    let mut builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(tls_config(tls)?)
             .map_err(|e| Error::config(format!("[tls] {e}")))?;
     }
+    let (reflection, reflection_alpha) = reflection_services()?;
     let served = builder
         .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(flight)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx))
+        .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx))
         .await;
     prober.abort();
     if let Some(http) = http {
@@ -135,6 +139,38 @@ pub async fn serve_on(
     served.map_err(|e| Error::internal(format!("the Flight server failed: {e}")))?;
     info!("quiver stopped");
     Ok(())
+}
+
+/// gRPC server reflection (`grpc.reflection.v1` and the `v1alpha` that older tools ask for)
+/// describing Flight, `quiver.v1` and `grpc.health.v1`, so `grpcurl` and similar tools work
+/// without proto files.
+fn reflection_services() -> Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::protocol::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let failed = |e| Error::internal(format!("building the gRPC reflection service: {e}"));
+    Ok((
+        builder().build_v1().map_err(failed)?,
+        builder().build_v1alpha().map_err(failed)?,
+    ))
+}
+
+/// Accepted connections with `TCP_NODELAY` (without it, small frames such as window updates
+/// and put results wait for Nagle's algorithm and stall streams) and TCP keepalive, so a
+/// client that vanished without closing its connection is noticed.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// Makes ring the process's TLS crypto provider. Two providers are linked (object_store's S3

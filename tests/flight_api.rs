@@ -394,6 +394,43 @@ async fn unsupported_rpcs_say_what_to_use() {
 }
 
 #[tokio::test]
+async fn a_discard_target_counts_what_arrives_and_keeps_nothing() {
+    let server = TestServer::start_with_toml("[targets.sink]\nkind = \"discard\"\n").await;
+    let mut client = server.client().await;
+    let batches = vec![numbered(0, 100), numbered(100, 150)];
+    let result = put(
+        &mut client,
+        path(&["sink", "transport", "probe"]),
+        batches[0].schema(),
+        batches,
+    )
+    .await
+    .unwrap();
+    assert_eq!(result["rows"], 250);
+    assert_eq!(result["location"], "discard://sink/transport/probe");
+    let err = get(
+        &mut client,
+        json!({"target": "sink", "asset": "transport/probe"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("discards"), "{err}");
+    // Only configured: the default targets do not include it.
+    let default = TestServer::start().await;
+    let mut client = default.client().await;
+    let err = put(
+        &mut client,
+        path(&["discard", "x"]),
+        numbered(0, 1).schema(),
+        vec![numbered(0, 1)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+}
+
+#[tokio::test]
 async fn named_targets_come_from_config() {
     let server = TestServer::start_with_toml(
         r#"
@@ -558,13 +595,7 @@ async fn shutdown_lets_in_flight_puts_commit() {
     let (mut tx, call) = open_put(server.client().await, path(&["parquet", "in-flight"]));
     tx.send(Ok(numbered(1, 100))).await.unwrap();
     // Stop only once the server is running the put.
-    for _ in 0..200 {
-        let (_, metrics) = server.http_get("/metrics").await;
-        if metrics.contains("quiver_puts_in_flight{target=\"parquet\"} 1") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    server.wait_for_puts_in_flight("parquet", 1).await;
     let stopping = tokio::spawn(server.stop());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(
@@ -633,6 +664,116 @@ async fn grpc_health_reports_the_server_and_each_target() {
 }
 
 #[tokio::test]
+async fn grpc_reflection_describes_flight_quiver_and_health() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let mut ask = async |request: MessageRequest| {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut answers = reflection
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        answers
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .message_response
+            .unwrap()
+    };
+
+    let MessageResponse::ListServicesResponse(list) =
+        ask(MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("not a list of services");
+    };
+    let mut services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            "arrow.flight.protocol.FlightService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ]
+    );
+
+    let MessageResponse::FileDescriptorResponse(files) = ask(MessageRequest::FileContainingSymbol(
+        "arrow.flight.protocol.FlightService".into(),
+    ))
+    .await
+    else {
+        panic!("not a file descriptor");
+    };
+    let files: Vec<prost_types::FileDescriptorProto> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+        .collect();
+    let flight = files
+        .iter()
+        .find(|f| f.package() == "arrow.flight.protocol")
+        .expect("the Flight file");
+    let service = &flight.service[0];
+    let methods: Vec<(&str, bool, bool)> = service
+        .method
+        .iter()
+        .map(|m| (m.name(), m.client_streaming(), m.server_streaming()))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            ("Handshake", true, true),
+            ("ListFlights", false, true),
+            ("GetFlightInfo", false, false),
+            ("PollFlightInfo", false, false),
+            ("GetSchema", false, false),
+            ("DoGet", false, true),
+            ("DoPut", true, true),
+            ("DoExchange", true, true),
+            ("DoAction", false, true),
+            ("ListActions", false, true),
+        ]
+    );
+    // The wire numbers tools encode with must be Flight's own.
+    let field = |message: &str, name: &str| {
+        flight
+            .message_type
+            .iter()
+            .find(|m| m.name() == message)
+            .and_then(|m| m.field.iter().find(|f| f.name() == name))
+            .map(|f| f.number())
+    };
+    assert_eq!(field("FlightData", "data_body"), Some(1000));
+    assert_eq!(field("FlightDescriptor", "cmd"), Some(2));
+    assert_eq!(field("FlightInfo", "total_records"), Some(4));
+
+    // Quiver's own command messages are described too, for tools that build descriptors.
+    let MessageResponse::FileDescriptorResponse(files) = ask(MessageRequest::FileContainingSymbol(
+        "quiver.v1.AssetCommand".into(),
+    ))
+    .await
+    else {
+        panic!("not a file descriptor");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
 async fn metrics_and_probes_answer_over_http() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -689,7 +830,7 @@ async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
     let (mut tx, first) = open_put(server.client().await, path(&["parquet", "held"]));
     let b = numbered(0, 3);
     tx.send(Ok(b.clone())).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.wait_for_puts_in_flight("parquet", 1).await;
 
     let mut client = server.client().await;
     let refused = put(

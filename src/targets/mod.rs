@@ -6,6 +6,7 @@
 //! which a reader can see the new data) or [`AssetWriter::abort`]. A writer that is dropped
 //! without either leaves nothing visible.
 
+pub mod discard;
 pub mod duckdb;
 pub mod file;
 pub mod postgres;
@@ -192,6 +193,7 @@ impl Targets {
                     search::Flavour::OpenSearch,
                     c,
                 )?),
+                TargetConfig::Discard(_) => Arc::new(discard::DiscardTarget::new(name)),
             };
             by_name.insert(name.clone(), target);
         }

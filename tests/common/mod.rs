@@ -92,6 +92,20 @@ impl TestServer {
         (status, body)
     }
 
+    /// Waits until the server reports `count` puts running on `target` (its metrics gauge);
+    /// panics after ten seconds.
+    pub async fn wait_for_puts_in_flight(&self, target: &str, count: usize) {
+        let line = format!("quiver_puts_in_flight{{target=\"{target}\"}} {count}");
+        for _ in 0..400 {
+            let (_, metrics) = self.http_get("/metrics").await;
+            if metrics.lines().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the server never reported {line}");
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
