@@ -196,6 +196,80 @@ async fn opensearch_modes() {
 
 /// A reader polling while overwrites land sees one whole version each time, never a mix and
 /// never an empty alias.
+/// Decimals of up to 15 digits are numbers the cluster can range over; wider ones stay exact
+/// strings; both read back exactly.
+async fn decimals(kind: &'static str) {
+    use arrow_array::Decimal128Array;
+    let cluster = SearchServer::start(kind).await;
+    let server = server_for(&cluster).await;
+    let mut client = server.client().await;
+    let decimal = |values: Vec<i128>, precision: u8, scale: i8| -> ArrayRef {
+        Arc::new(
+            Decimal128Array::from(values)
+                .with_precision_and_scale(precision, scale)
+                .unwrap(),
+        )
+    };
+    let b = batch(vec![
+        ("id", ids(&[1, 2, 3])),
+        (
+            "cost",
+            decimal(vec![999_999_999_999_999, -1, 250_000], 15, 4),
+        ),
+        (
+            "wide",
+            decimal(vec![i128::MAX / 10_000_000_000, 0, -5], 38, 2),
+        ),
+    ]);
+    put(
+        &mut client,
+        cmd(json!({"target": kind, "asset": "ledger"})),
+        b.schema(),
+        vec![b.clone()],
+    )
+    .await
+    .unwrap();
+    let (_, got) = get(&mut client, json!({"target": kind, "asset": "ledger"}))
+        .await
+        .unwrap();
+    assert_eq!(concat(&b.schema(), &got), b);
+
+    let alias = format!("{}ledger", cluster.prefix);
+    let (status, mapping) = cluster
+        .request(Method::Get, &format!("/{alias}/_mapping"), None)
+        .await;
+    assert_eq!(status, 200, "{mapping}");
+    let properties =
+        &mapping.as_object().unwrap().values().next().unwrap()["mappings"]["properties"];
+    assert_eq!(properties["cost"]["type"], "double", "{mapping}");
+    assert_eq!(properties["wide"]["type"], "keyword", "{mapping}");
+    let (status, found) = cluster
+        .request(
+            Method::Post,
+            &format!("/{alias}/_search"),
+            Some(r#"{"query": {"range": {"cost": {"gte": 0, "lte": 25}}}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+    let hits: Vec<i64> = found["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["_source"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(hits, [3], "{found}");
+}
+
+#[tokio::test]
+async fn elasticsearch_decimals() {
+    decimals("elasticsearch").await;
+}
+
+#[tokio::test]
+async fn opensearch_decimals() {
+    decimals("opensearch").await;
+}
+
 async fn alias_swap_is_atomic(kind: &'static str) {
     let cluster = SearchServer::start(kind).await;
     let server = server_for(&cluster).await;

@@ -43,10 +43,10 @@ pub fn ticket(data: &[u8]) {
 
 /// ListFlights criteria.
 pub fn criteria(data: &[u8]) {
-    if let Some(criteria) = accepted(parse_criteria(data)) {
-        if let Some(target) = &criteria.target {
-            accepted(protocol::check_target_name(target)).expect("criteria name a valid target");
-        }
+    if let Some(criteria) = accepted(parse_criteria(data))
+        && let Some(target) = &criteria.target
+    {
+        accepted(protocol::check_target_name(target)).expect("criteria name a valid target");
     }
 }
 

@@ -1,8 +1,10 @@
 //! Index mappings from Arrow schemas, Arrow rows as JSON documents, and documents back.
 //!
 //! Documents are arrow-json's encoding of a row, with two changes: top-level binary columns are
-//! base64 (what the `binary` field type takes) and decimals are strings (so no JSON parser on
-//! the way rounds them). Reading decodes `_source` with the schema the catalog recorded, so
+//! base64 (what the `binary` field type takes), and decimals with more than
+//! [`DECIMAL_NUMBER_DIGITS`] digits or a negative scale are strings (so no JSON parser on the
+//! way rounds them); shorter decimals are plain JSON numbers, indexed as `double`, which holds
+//! every such value exactly. Reading decodes `_source` with the schema the catalog recorded, so
 //! the types come back exactly; the mapping only decides how the cluster indexes the fields.
 
 use std::sync::Arc;
@@ -19,6 +21,21 @@ use crate::targets::file::json::supported as json_supported;
 
 /// The object every document carries for read order: `{"put": …, "row": …}`.
 pub(super) const ORDER_FIELD: &str = "__quiver";
+
+/// Decimals of at most this precision (and a scale of 0 or more) are JSON numbers mapped as
+/// `double`: a double represents every decimal of 15 significant digits exactly, so range
+/// queries and sorting on them are exact. Wider decimals are keyword strings.
+pub(super) const DECIMAL_NUMBER_DIGITS: u8 = 15;
+
+/// Whether a decimal column is written as a JSON number (else as a string).
+fn decimal_as_number(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Decimal128(precision, scale) | DataType::Decimal256(precision, scale) => {
+            *precision <= DECIMAL_NUMBER_DIGITS && *scale >= 0
+        }
+        _ => false,
+    }
+}
 
 /// Longest keyword indexed; longer values are kept in `_source` but not indexed (a term may
 /// not exceed 32766 bytes).
@@ -60,9 +77,11 @@ pub(super) fn mappings(schema: &Schema, text: &[String]) -> Result<Value, String
             properties.insert(field.name().clone(), m);
         }
     }
+    // Only sorted on, never searched: doc values without an index.
+    let order = json!({"type": "long", "index": false});
     properties.insert(
         ORDER_FIELD.to_string(),
-        json!({"properties": {"put": {"type": "long"}, "row": {"type": "long"}}}),
+        json!({"properties": {"put": order, "row": order}}),
     );
     Ok(json!({ "dynamic": "strict", "properties": properties }))
 }
@@ -102,6 +121,9 @@ fn field_mapping(field: &Field, top_level: bool, text: bool) -> Result<Option<Va
                 field.name()
             ));
         }
+        Decimal128(_, _) | Decimal256(_, _) if decimal_as_number(data_type) => {
+            json!({"type": "double"})
+        }
         Decimal128(_, _) | Decimal256(_, _) | Time32(_) | Time64(_) | Duration(_) => keyword,
         Date32 => json!({"type": "date", "format": "strict_date"}),
         Date64 | Timestamp(_, _) => {
@@ -122,7 +144,8 @@ fn field_mapping(field: &Field, top_level: bool, text: bool) -> Result<Option<Va
     }))
 }
 
-/// Writes decimals as JSON strings and top-level binary as base64.
+/// Writes decimals as JSON numbers or strings (see [`DECIMAL_NUMBER_DIGITS`]) and top-level
+/// binary as base64.
 #[derive(Debug)]
 struct SearchEncoders;
 
@@ -135,9 +158,13 @@ impl EncoderFactory for SearchEncoders {
     ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
         let nulls = array.nulls().cloned();
         let encoder: Box<dyn Encoder + 'a> = match array.data_type() {
-            DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => Box::new(QuotedDisplay(
-                arrow_cast::display::ArrayFormatter::try_new(array, &Default::default())?,
-            )),
+            DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => Box::new(DecimalText {
+                formatter: arrow_cast::display::ArrayFormatter::try_new(
+                    array,
+                    &Default::default(),
+                )?,
+                quoted: !decimal_as_number(array.data_type()),
+            }),
             DataType::Binary => Box::new(Base64(array.as_binary::<i32>())),
             DataType::LargeBinary => Box::new(Base64Large(array.as_binary::<i64>())),
             _ => return Ok(None),
@@ -146,15 +173,22 @@ impl EncoderFactory for SearchEncoders {
     }
 }
 
-struct QuotedDisplay<'a>(arrow_cast::display::ArrayFormatter<'a>);
+/// A decimal's exact text: digits, a sign and a point (nothing to escape).
+struct DecimalText<'a> {
+    formatter: arrow_cast::display::ArrayFormatter<'a>,
+    quoted: bool,
+}
 
-impl Encoder for QuotedDisplay<'_> {
+impl Encoder for DecimalText<'_> {
     fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
         use std::io::Write;
-        out.push(b'"');
-        // Digits, a sign and a point: nothing to escape.
-        let _ = write!(out, "{}", self.0.value(idx));
-        out.push(b'"');
+        if self.quoted {
+            out.push(b'"');
+        }
+        let _ = write!(out, "{}", self.formatter.value(idx));
+        if self.quoted {
+            out.push(b'"');
+        }
     }
 }
 
@@ -287,6 +321,7 @@ mod tests {
             Field::new("name", DataType::Utf8, true),
             Field::new("blob", DataType::Binary, true),
             Field::new("price", DataType::Decimal128(20, 2), true),
+            Field::new("cost", DataType::Decimal128(15, 3), true),
         ]);
         RecordBatch::try_new(
             Arc::new(schema),
@@ -297,6 +332,11 @@ mod tests {
                 Arc::new(
                     Decimal128Array::from(vec![Some(12345), None])
                         .with_precision_and_scale(20, 2)
+                        .unwrap(),
+                ),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(-999_999_999_999_999), Some(1)])
+                        .with_precision_and_scale(15, 3)
                         .unwrap(),
                 ),
             ],
@@ -321,9 +361,13 @@ mod tests {
         assert_eq!(
             lines[0],
             json!({"id": 1, "name": "a", "blob": "AP8=", "price": "123.45",
-                   "__quiver": {"put": 7, "row": 0}})
+                   "cost": -999_999_999_999.999, "__quiver": {"put": 7, "row": 0}})
         );
-        assert_eq!(lines[1], json!({"id": 2, "__quiver": {"put": 7, "row": 1}}));
+        assert!(text.contains(r#""cost":-999999999999.999,"#), "{text}");
+        assert_eq!(
+            lines[1],
+            json!({"id": 2, "cost": 0.001, "__quiver": {"put": 7, "row": 1}})
+        );
     }
 
     #[test]
@@ -352,6 +396,7 @@ mod tests {
         assert_eq!(m["properties"]["name"]["type"], "text");
         assert_eq!(m["properties"]["blob"]["type"], "binary");
         assert_eq!(m["properties"]["price"]["type"], "keyword");
+        assert_eq!(m["properties"]["cost"]["type"], "double");
         assert_eq!(
             m["properties"][ORDER_FIELD]["properties"]["row"]["type"],
             "long"
