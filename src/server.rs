@@ -122,6 +122,7 @@ pub async fn serve_on(
     }
     let (reflection, reflection_alpha) = reflection_services()?;
     let served = builder
+        .layer(tower::util::MapRequestLayer::new(cancel_is_an_error))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -162,6 +163,45 @@ fn reflection_services() -> Result<(
         builder().build_v1().map_err(failed)?,
         builder().build_v1alpha().map_err(failed)?,
     ))
+}
+
+/// tonic's request streams end quietly, as if the client had finished, when the client resets
+/// the stream with CANCEL (a cancelled call, a passed deadline). For a put that would commit
+/// whatever arrived before the reset, so the reset becomes an error the put sees.
+fn cancel_is_an_error(
+    request: tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body> {
+    request.map(|body| tonic::body::Body::new(CancelIsAnError(body)))
+}
+
+struct CancelIsAnError(tonic::body::Body);
+
+impl http_body::Body for CancelIsAnError {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map_err(|status| match status.code() {
+                tonic::Code::Cancelled => tonic::Status::aborted(format!(
+                    "the client cancelled the stream before finishing it ({})",
+                    status.message()
+                )),
+                _ => status,
+            })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 /// Accepted connections with `TCP_NODELAY` (without it, small frames such as window updates

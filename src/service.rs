@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -22,7 +22,7 @@ use arrow_schema::{Schema, SchemaRef};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, info, warn};
 
@@ -183,6 +183,52 @@ fn same_fields(a: &Schema, b: &Schema) -> bool {
     a.fields() == b.fields()
 }
 
+/// The DoPut call a put task serves. Once the client has given up on the call, a put must not
+/// commit, even when its request stream looks finished: a client whose deadline passed may
+/// still close the stream cleanly, and a reset stream can end like a finished one. The call is
+/// over when tonic dropped its handler (the client cancelled or the connection broke) or when
+/// the deadline the client sent in `grpc-timeout` has passed.
+struct Call {
+    handler: oneshot::Receiver<()>,
+    deadline: Option<Instant>,
+}
+
+impl Call {
+    /// Why the call is over, if it is.
+    fn ended(&mut self) -> Option<Error> {
+        if let Err(oneshot::error::TryRecvError::Closed) = self.handler.try_recv() {
+            return Some(Error::Cancelled {
+                message: "the call ended before the put finished; nothing was written".into(),
+            });
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(Error::Timeout {
+                message: "the put's deadline (grpc-timeout) passed before it finished; \
+                          nothing was written"
+                    .into(),
+            });
+        }
+        None
+    }
+}
+
+/// The deadline a client sent as `grpc-timeout` (e.g. `500m`), from when the call arrived.
+fn call_deadline(metadata: &tonic::metadata::MetadataMap, arrived: Instant) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    arrived.checked_add(timeout)
+}
+
 impl Inner {
     /// Runs one DoPut from the first message to the commit.
     async fn put(
@@ -190,6 +236,7 @@ impl Inner {
         mut input: Streaming<FlightData>,
         caller: &Principal,
         seen: &OnceLock<String>,
+        call: &mut Call,
     ) -> Result<PutSummary> {
         let started = Instant::now();
         let first = match input.message().await {
@@ -284,7 +331,10 @@ impl Inner {
             existing: existing.as_ref().map(|r| Arc::clone(&r.schema)),
         };
         let mut writer = target.begin(&request, Arc::clone(&schema)).await?;
-        if let Err(e) = pump(&mut decoder, writer.as_mut(), self.limits.idle).await {
+        let pumped = pump(&mut decoder, writer.as_mut(), self.limits.idle)
+            .await
+            .and_then(|()| call.ended().map_or(Ok(()), Err));
+        if let Err(e) = pumped {
             if let Err(abort) = writer.abort().await {
                 warn!(error = %abort, "aborting a failed put also failed");
             }
@@ -981,11 +1031,22 @@ impl FlightService for QuiverService {
         let inner = Arc::clone(&self.inner);
         let span = Span::current();
         let started = Instant::now();
+        let deadline = call_deadline(request.metadata(), started);
         let seen = Arc::new(OnceLock::new());
         let task_seen = Arc::clone(&seen);
+        // Dropped with this handler: tells the task the call is over.
+        let (_call, alive) = oneshot::channel::<()>();
         let task = tokio::spawn(
-            async move { inner.put(request.into_inner(), &caller, &task_seen).await }
-                .instrument(span),
+            async move {
+                let mut call = Call {
+                    handler: alive,
+                    deadline,
+                };
+                inner
+                    .put(request.into_inner(), &caller, &task_seen, &mut call)
+                    .await
+            }
+            .instrument(span),
         );
         let result = task.await.map_err(Error::from).and_then(|r| r);
         let (rows, bytes) = match &result {
@@ -1058,5 +1119,30 @@ impl FlightService for QuiverService {
         Err(Status::unimplemented(
             "DoExchange is not supported; write with DoPut and read with DoGet",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_become_deadlines() {
+        let now = Instant::now();
+        let deadline = |value: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            call_deadline(&metadata, now).map(|d| d - now)
+        };
+        assert_eq!(deadline("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(deadline("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline("30u"), Some(Duration::from_micros(30)));
+        assert_eq!(deadline("12x"), None);
+        assert_eq!(deadline("m"), None);
+        assert_eq!(
+            call_deadline(&tonic::metadata::MetadataMap::new(), now),
+            None
+        );
     }
 }

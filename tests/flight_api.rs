@@ -588,6 +588,71 @@ async fn format_limits_are_refused_with_the_column_named() {
     assert!(!server.data_dir().join("json/nan.json").exists());
 }
 
+/// A client that cancels its call mid-stream (HTTP/2 RST_STREAM with CANCEL): the put must
+/// not take the stream for a finished one and commit what arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_put_commits_nothing() {
+    use futures::SinkExt;
+    let server = TestServer::start().await;
+    for _ in 0..5 {
+        let (mut tx, call) = open_put(server.client().await, path(&["parquet", "cancelled"]));
+        tx.send(Ok(numbered(0, 50))).await.unwrap();
+        server.wait_for_puts_in_flight("parquet", 1).await;
+        call.abort();
+        server.wait_for_puts_in_flight("parquet", 0).await;
+        drop(tx);
+    }
+    let mut client = server.client().await;
+    let err = get(
+        &mut client,
+        json!({"target": "parquet", "asset": "cancelled"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+}
+
+/// A client whose deadline passes mid-stream: the server answers DEADLINE_EXCEEDED and drops
+/// the call, after which the request stream may look finished; the put must not commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_past_its_deadline_commits_nothing() {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use futures::{SinkExt, StreamExt};
+    let server = TestServer::start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightServiceClient::new(channel);
+    let (mut tx, rx) = futures::channel::mpsc::channel(4);
+    let encoded = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(path(&["parquet", "late"])))
+        .build(rx)
+        .map(|data| data.expect("encodes"));
+    let mut request = tonic::Request::new(encoded);
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let call = tokio::spawn(async move { client.do_put(request).await });
+    tx.send(Ok(numbered(0, 50))).await.unwrap();
+    server.wait_for_puts_in_flight("parquet", 1).await;
+    // Past the deadline, the stream is closed as if the client had finished.
+    let code = call.await.unwrap().unwrap_err().code();
+    assert!(
+        matches!(code, Code::DeadlineExceeded | Code::Cancelled),
+        "{code:?}"
+    );
+    tx.send(Ok(numbered(50, 50))).await.ok();
+    drop(tx);
+    server.wait_for_puts_in_flight("parquet", 0).await;
+    let mut client = server.client().await;
+    let err = get(&mut client, json!({"target": "parquet", "asset": "late"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert!(!server.data_dir().join("parquet/late.parquet").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_puts_commit() {
     use futures::SinkExt;
