@@ -45,25 +45,41 @@ def lineitem(data_dir: Path, sf: float) -> pa.Table:
     return table.cast(schema).combine_chunks()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
 class Server:
-    def __init__(self, binary: str, data_dir: str, env: dict | None = None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+    def __init__(self, binary: str, data_dir: str, env: dict | None = None, config: str | None = None):
+        self.port = free_port()
+        env = dict(env or {})
+        if config is not None:
+            os.makedirs(data_dir, exist_ok=True)
+            path = os.path.join(data_dir, "quiver.toml")
+            Path(path).write_text(config)
+            env["QUIVER_CONFIG"] = path
         self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", data_dir, "--log", "warn"],
+            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", data_dir,
+             "--log", os.environ.get("QUIVER_BENCH_LOG", "warn")],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            # QUIVER_BENCH_LOG=info and QUIVER_BENCH_LOG_FILE keep the server's log.
+            stderr=open(os.environ["QUIVER_BENCH_LOG_FILE"], "a") if os.environ.get("QUIVER_BENCH_LOG_FILE") else subprocess.DEVNULL,
+            env={**os.environ, **env},
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("quiver did not start")
+        wait_for_port(self.port, "quiver")
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -183,9 +199,7 @@ class SearchServer:
         if url:
             self.url = url
             return
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         bindir = os.path.dirname(sys.executable)
         self.proc = subprocess.Popen(
             [os.path.join(bindir, "noida-db"), "start", "--data-dir", os.path.join(work, "es"),
@@ -265,8 +279,8 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="duckdb,parquet,files,postgres",
-        help="comma-separated: duckdb, parquet, files (arrow, csv, json), postgres, elasticsearch "
-        "(default: duckdb, parquet, files, postgres)",
+        help="comma-separated: duckdb, parquet, files (arrow, csv, json), postgres, elasticsearch, "
+        "transport, get, events, memory (default: duckdb, parquet, files, postgres)",
     )
     parser.add_argument(
         "--elasticsearch-url",
@@ -298,14 +312,21 @@ def main() -> None:
             results.extend(postgres_scenarios(client, table, pg_url, args.reps, rows, megabytes))
         if search:
             results.append(elasticsearch_scenario(client, table, search.url, args.reps, rows, megabytes))
+        if "get" in scenarios:
+            results.append(doget_parquet_scenario(client, table, work, args.reps, rows, megabytes))
+        if "events" in scenarios:
+            results.append(events_scenario(client, rows, work, args.reps))
         peak = server.peak_rss_mb()
         client.close()
         server.stop()
         if search:
             search.stop()
+        if "transport" in scenarios:
+            results.extend(transport_scenarios(args.binary, table, work, args.reps, rows, megabytes))
+        memory = memory_scenario(args.binary, table, work, megabytes) if "memory" in scenarios else None
     if pg_url:
         drop_postgres_database(args.postgres_url, pg_url)
-    write_report(args, results, rows, megabytes, peak)
+    write_report(args, results, rows, megabytes, peak, memory)
 
 
 def duckdb_scenario(client, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> dict:
@@ -377,7 +398,144 @@ def file_format_scenarios(client, table: pa.Table, work: str, reps: int, rows: i
     return results
 
 
-def write_report(args, results: list, rows: int, megabytes: float, peak: float) -> None:
+class PyarrowServer:
+    """bench/pyarrow_server.py in its own process."""
+
+    def __init__(self):
+        self.port = free_port()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyarrow_server.py")
+        self.proc = subprocess.Popen([sys.executable, script, str(self.port)])
+        wait_for_port(self.port, "the pyarrow Flight server")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def concurrent_puts(port: int, table: pa.Table, streams: int, command: dict) -> float:
+    """Wall time for `streams` clients, one connection each, putting `table` at once."""
+    import threading
+
+    clients = [fl.connect(f"grpc://127.0.0.1:{port}") for _ in range(streams)]
+    start = threading.Barrier(streams + 1)
+
+    def run(i: int) -> None:
+        start.wait()
+        quiver_put(clients[i], table, {**command, "asset": f"{command['asset']}-{i}"})
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    started = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    for c in clients:
+        c.close()
+    return elapsed
+
+
+def transport_scenarios(binary: str, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> list:
+    """DoPut into Quiver's discard target vs a pyarrow Flight server that reads and drops the
+    stream: the cost of moving the data, with no storage. One stream, then four at once."""
+    quiver = Server(binary, os.path.join(work, "sink"), config='[targets.sink]\nkind = "discard"\n')
+    baseline = PyarrowServer()
+    results = []
+    try:
+        for streams in (1, 4):
+            command = {"target": "sink", "asset": "transport/lineitem"}
+            quiver_times = [concurrent_puts(quiver.port, table, streams, command) for _ in range(reps)]
+            native_times = [concurrent_puts(baseline.port, table, streams, command) for _ in range(reps)]
+            total_rows, total_mb = rows * streams, megabytes * streams
+            results.append(
+                {
+                    "scenario": f"DoPut → discard, {streams} stream{'s' if streams > 1 else ''} (transport ceiling)",
+                    "native": f"pyarrow FlightServerBase do_put reading and dropping every batch, {streams} stream(s)",
+                    "quiver": summary(quiver_times, total_rows, total_mb),
+                    "baseline": summary(native_times, total_rows, total_mb),
+                }
+            )
+    finally:
+        quiver.stop()
+        baseline.stop()
+    return results
+
+
+def doget_parquet_scenario(client, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> dict:
+    """DoGet of a Parquet asset vs a pyarrow Flight server serving the very same file."""
+    quiver_put(client, table, {"target": "parquet", "asset": "tpch/lineitem-get"})
+    path = os.path.join(work, "quiver", "parquet", "tpch", "lineitem-get.parquet")
+    quiver_times = [quiver_get(client, {"target": "parquet", "asset": "tpch/lineitem-get"}) for _ in range(reps)]
+    baseline = PyarrowServer()
+    try:
+        other = fl.connect(f"grpc://127.0.0.1:{baseline.port}")
+        native_times = [timed(lambda: other.do_get(fl.Ticket(path.encode())).read_all()) for _ in range(reps)]
+        other.close()
+    finally:
+        baseline.stop()
+    return {
+        "scenario": "DoGet ← parquet",
+        "native": "pyarrow FlightServerBase serving the same file with RecordBatchStream(pq.read_table(path))",
+        "quiver": summary(quiver_times, rows, megabytes),
+        "baseline": summary(native_times, rows, megabytes),
+    }
+
+
+def events(rows: int) -> pa.Table:
+    """A nested event log: struct, list, timestamp with time zone and dictionary strings."""
+    import random
+
+    rng = random.Random(7)
+    kinds = ["click", "view", "purchase", "signup", "logout"]
+    countries = ["de", "fr", "us", "jp", "br", "in", "ng", "au"]
+    tags = ["mobile", "web", "beta", "ab-test", "returning", "paid", "organic"]
+    base = 1_700_000_000_000_000
+    return pa.table(
+        {
+            "event_id": pa.array(range(rows), pa.int64()),
+            "at": pa.array([base + i * 1_000 + rng.randrange(1_000) for i in range(rows)], pa.timestamp("us", tz="UTC")),
+            "kind": pa.array([kinds[rng.randrange(len(kinds))] for _ in range(rows)]).dictionary_encode(),
+            "user": pa.array(
+                [{"id": rng.randrange(1_000_000), "country": countries[rng.randrange(len(countries))]} for _ in range(rows)],
+                pa.struct([("id", pa.int64()), ("country", pa.string())]),
+            ),
+            "tags": pa.array([rng.sample(tags, rng.randrange(4)) for _ in range(rows)], pa.list_(pa.string())),
+            "value": pa.array([rng.random() * 100 if rng.random() < 0.9 else None for _ in range(rows)], pa.float64()),
+        }
+    )
+
+
+def events_scenario(client, rows_wanted: int, work: str, reps: int) -> dict:
+    """DoPut of the nested events table to parquet vs pyarrow.parquet.write_table."""
+    table = events(rows_wanted)
+    rows, megabytes = table.num_rows, table.nbytes / 1e6
+    result = parquet_scenario(client, table, work, reps, rows, megabytes)
+    result["scenario"] = f"DoPut → parquet (zstd), nested events ({rows:,} rows, {megabytes:.0f} MB)"
+    return result
+
+
+def memory_scenario(binary: str, table: pa.Table, work: str, megabytes: float) -> dict:
+    """Peak server RSS while putting 1×, 4× and 16× the table to parquet in one stream, each on
+    a fresh server: streaming keeps it flat."""
+    peaks = {}
+    for times in (1, 4, 16):
+        server = Server(binary, os.path.join(work, f"memory-{times}"))
+        client = fl.connect(f"grpc://127.0.0.1:{server.port}")
+        command = {"target": "parquet", "asset": "tpch/lineitem-repeated"}
+        writer, reader = client.do_put(fl.FlightDescriptor.for_command(json.dumps(command)), table.schema)
+        for _ in range(times):
+            writer.write_table(table, max_chunksize=122_880)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+        client.close()
+        peaks[f"{times}x ({megabytes * times:.0f} MB)"] = round(server.peak_rss_mb(), 1)
+        server.stop()
+    return peaks
+
+
+def write_report(args, results: list, rows: int, megabytes: float, peak: float, memory: dict | None) -> None:
     for r in results:
         r["ratio"] = round(r["baseline"]["seconds_median"] / r["quiver"]["seconds_median"], 2)
     report = {
@@ -388,6 +546,8 @@ def write_report(args, results: list, rows: int, megabytes: float, peak: float) 
         "server_peak_rss_mb": round(peak, 1),
         "results": results,
     }
+    if memory:
+        report["put_peak_rss_mb"] = memory
     Path(args.out, "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Benchmarks",
@@ -413,6 +573,12 @@ def write_report(args, results: list, rows: int, megabytes: float, peak: float) 
             f"{r['native']}: {b['rows_per_s']:,} rows/s ({b['seconds_median']} s, "
             f"{b['seconds_min']}–{b['seconds_max']}) | {r['ratio']} |"
         )
+    if memory:
+        lines += [
+            "",
+            "Server peak RSS while one DoPut streams the table repeated to parquet (fresh server each): "
+            + ", ".join(f"{k}: {v} MB" for k, v in memory.items()),
+        ]
     Path(args.out, "benchmarks.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
