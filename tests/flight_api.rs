@@ -620,11 +620,7 @@ async fn a_put_past_its_deadline_commits_nothing() {
     use arrow_flight::flight_service_client::FlightServiceClient;
     use futures::{SinkExt, StreamExt};
     let server = TestServer::start().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut client = FlightServiceClient::new(channel);
     let (mut tx, rx) = futures::channel::mpsc::channel(4);
     let encoded = FlightDataEncoderBuilder::new()
@@ -682,11 +678,7 @@ async fn grpc_health_reports_the_server_and_each_target() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     let server = TestServer::start().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut health = HealthClient::new(channel);
     // The first probe runs at start-up; give it a moment.
     let mut status = ServingStatus::Unknown;
@@ -736,11 +728,7 @@ async fn grpc_reflection_describes_flight_quiver_and_health() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let server = TestServer::start().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut reflection = ServerReflectionClient::new(channel);
     let mut ask = async |request: MessageRequest| {
         let request = ServerReflectionRequest {

@@ -92,6 +92,11 @@ impl TestServer {
         (status, body)
     }
 
+    /// A plain gRPC channel to the server, for clients other than Flight's.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        channel_at(self.addr).await
+    }
+
     /// Waits until the server reports `count` puts running on `target` (its metrics gauge);
     /// panics after ten seconds.
     pub async fn wait_for_puts_in_flight(&self, target: &str, count: usize) {
@@ -111,12 +116,7 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> FlightClient {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the test server");
-        FlightClient::new(channel)
+        FlightClient::new(self.channel().await)
     }
 
     /// Stops the server, waits for it to finish in-flight calls, and hands back its directory.
@@ -292,14 +292,18 @@ pub async fn relay(upstream: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle
     (addr, task)
 }
 
-/// A Flight client connected through `addr`.
-pub async fn client_at(addr: SocketAddr) -> FlightClient {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+/// A gRPC channel to `addr`.
+pub async fn channel_at(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
-        .expect("connect");
-    FlightClient::new(channel)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// A Flight client connected through `addr`.
+pub async fn client_at(addr: SocketAddr) -> FlightClient {
+    FlightClient::new(channel_at(addr).await)
 }
 
 /// A put left open: send batches on the returned sender, drop it to finish; the handle

@@ -103,14 +103,17 @@ fn check_ticket(ticket: &AssetTicket) {
     assert_eq!(&again, ticket, "a ticket changed through its encoding");
 }
 
+/// A path segment that stays inside its directory.
+fn check_segment(whose: &dyn std::fmt::Debug, segment: &str) {
+    assert!(
+        !segment.is_empty() && !segment.starts_with('.') && !segment.contains(['/', '\\', '\0']),
+        "{whose:?} has path segment {segment:?}"
+    );
+}
+
 fn check_key(key: &AssetKey) {
     for segment in key.segments() {
-        assert!(
-            !segment.is_empty()
-                && !segment.starts_with('.')
-                && !segment.contains(['/', '\\', '\0']),
-            "asset key {key} has segment {segment:?}"
-        );
+        check_segment(key, segment);
     }
     let text = key.to_string();
     let again = AssetKey::parse(&text).unwrap_or_else(|e| panic!("key {text} reparses: {e}"));
@@ -119,12 +122,7 @@ fn check_key(key: &AssetKey) {
 
 fn check_partition(partition: &Partition) {
     for segment in partition.path_segments() {
-        assert!(
-            !segment.is_empty()
-                && !segment.starts_with('.')
-                && !segment.contains(['/', '\\', '\0']),
-            "partition {partition:?} has path segment {segment:?}"
-        );
+        check_segment(partition, segment);
     }
     let id = partition.id();
     let again = Partition::from_id(&id).unwrap_or_else(|e| panic!("partition {id} reparses: {e}"));
