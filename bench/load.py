@@ -244,13 +244,15 @@ def put(client, target: str, asset: str, table: pa.Table, timeout: float) -> tup
     except fl.FlightError as e:
         return code_of(e), str(e)
     except pa.ArrowException as e:
-        return type(e).__name__, str(e)
+        return code_of(e), str(e)
 
 
 def code_of(error: Exception) -> str:
-    # pyarrow raises ABORTED (a read raced an overwrite; retry it) as FlightInternalError.
-    if "ABORTED:" in str(error):
-        return "ABORTED"
+    # pyarrow raises some codes as other classes: ABORTED (a read raced an overwrite; retry
+    # it) as FlightInternalError, RESOURCE_EXHAUSTED (a concurrency limit) as ArrowInvalid.
+    for code in ("ABORTED", "RESOURCE_EXHAUSTED"):
+        if f"{code}:" in str(error):
+            return code
     return {
         fl.FlightUnavailableError: "UNAVAILABLE",
         fl.FlightTimedOutError: "DEADLINE_EXCEEDED",
