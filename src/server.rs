@@ -49,8 +49,9 @@ pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<Qui
 /// How often target health is probed for the gRPC health service.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves Flight (with `grpc.health.v1` and gRPC reflection) on `listener` until `shutdown` resolves, then lets
-/// in-flight calls finish. Binds the metrics address from the configuration, if any.
+/// Serves Flight (with `grpc.health.v1` and gRPC reflection) on `listener` until `shutdown`
+/// resolves, then lets in-flight calls finish. Binds the metrics address from the
+/// configuration, if any.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
