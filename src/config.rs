@@ -374,6 +374,8 @@ pub struct FileConfig {
     /// `aws_virtual_hosted_style_request` (object_store's names).
     #[serde(default)]
     pub storage: StorageOptions,
+    /// Threads that encode slices of one batch at once; the machine's cores when absent.
+    pub threads: Option<usize>,
 }
 
 /// Parquet target settings.
@@ -396,6 +398,9 @@ pub struct ParquetConfig {
     /// Most rows per row group.
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
+    /// Threads that encode (and read back) the columns of one file; the machine's cores when
+    /// absent.
+    pub threads: Option<usize>,
 }
 
 impl Default for ParquetConfig {
@@ -406,6 +411,7 @@ impl Default for ParquetConfig {
             compression: default_parquet_compression(),
             compression_level: None,
             row_group_size: default_row_group_size(),
+            threads: None,
         }
     }
 }

@@ -891,6 +891,29 @@ async fn projection_and_versions(server: &TestServer, p: &Profile) {
     assert_eq!(schema.fields().len(), 1);
     assert_eq!(schema.field(0).name(), "tag");
     assert_eq!(tags(&got), [7]);
+    // Columns come back in the order asked for, whatever the stored order.
+    let (schema, got) = get(
+        &mut client,
+        json!({"target": p.target, "asset": asset, "columns": ["tag", "id"]}),
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["tag", "id"]);
+    let got = concat(&schema, &got);
+    assert_eq!(got.schema().field(0).name(), "tag");
+    let as_i64 = |i: usize| {
+        got.column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec()
+    };
+    assert_eq!(as_i64(0), [7, 7, 7], "first column is tag");
+    let mut ids = as_i64(1);
+    ids.sort_unstable();
+    assert_eq!(ids, [0, 1, 2], "second column is id");
     let unknown = get(
         &mut client,
         json!({"target": p.target, "asset": asset, "columns": ["nope"]}),

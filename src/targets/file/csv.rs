@@ -4,10 +4,11 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_csv::{Writer, WriterBuilder};
+use arrow_csv::WriterBuilder;
 use arrow_schema::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 
+use super::parallel::encode_row_slices;
 use super::{
     Encoder, Format, PinnedObject, SharedBuffer, read_text, refuse_options, text_dictionary_ok,
     wire_schema,
@@ -21,7 +22,10 @@ pub const NULL_MARKER: &str = "\\N";
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 16 * 1024;
 
-pub(crate) struct CsvFormat;
+pub(crate) struct CsvFormat {
+    /// Threads encoding slices of one batch.
+    pub(crate) threads: usize,
+}
 
 #[async_trait]
 impl Format for CsvFormat {
@@ -58,13 +62,10 @@ impl Format for CsvFormat {
         options: &Options,
     ) -> Result<Box<dyn Encoder>> {
         refuse_options("csv", options, &[])?;
-        let writer = WriterBuilder::new()
-            .with_header(true)
-            .with_null(NULL_MARKER.to_string())
-            .build(out);
         Ok(Box::new(CsvEncoder {
-            writer,
+            out,
             schema,
+            threads: self.threads,
             started: false,
         }))
     }
@@ -125,8 +126,9 @@ fn supported(data_type: &DataType) -> bool {
 }
 
 struct CsvEncoder {
-    writer: Writer<SharedBuffer>,
+    out: SharedBuffer,
     schema: SchemaRef,
+    threads: usize,
     /// Whether the header has been written (it goes out with the first batch).
     started: bool,
 }
@@ -142,18 +144,35 @@ impl Encoder for CsvEncoder {
                 )));
             }
         }
-        self.started = true;
-        self.writer
-            .write(batch)
+        self.encode(batch)
             .map_err(|e| Error::invalid_data(format!("cannot encode a batch as CSV: {e}")))
     }
 
     fn finish(&mut self) -> Result<()> {
         // An empty asset still gets its header, so the file reads back as zero rows.
         if !self.started {
-            self.writer
-                .write(&RecordBatch::new_empty(self.schema.clone()))
+            self.encode(&RecordBatch::new_empty(self.schema.clone()))
                 .map_err(|e| Error::invalid_data(format!("cannot write the CSV header: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl CsvEncoder {
+    /// Encodes row slices of `batch` at once; the header goes out with the file's first rows.
+    fn encode(&mut self, batch: &RecordBatch) -> Result<(), arrow_schema::ArrowError> {
+        let header = !self.started;
+        let parts = encode_row_slices(batch, self.threads, |slice, first| {
+            let mut writer = WriterBuilder::new()
+                .with_header(header && first)
+                .with_null(NULL_MARKER.to_string())
+                .build(Vec::new());
+            writer.write(slice)?;
+            Ok::<_, arrow_schema::ArrowError>(writer.into_inner())
+        })?;
+        self.started = true;
+        for part in parts {
+            self.out.append(&part);
         }
         Ok(())
     }

@@ -2,11 +2,12 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_json::WriterBuilder;
 use arrow_json::writer::LineDelimited;
-use arrow_json::{Writer, WriterBuilder};
 use arrow_schema::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 
+use super::parallel::encode_row_slices;
 use super::{
     Encoder, Format, PinnedObject, SharedBuffer, read_text, refuse_options, text_dictionary_ok,
     wire_schema,
@@ -18,7 +19,10 @@ use crate::targets::SendableBatchStream;
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 16 * 1024;
 
-pub(crate) struct JsonFormat;
+pub(crate) struct JsonFormat {
+    /// Threads encoding slices of one batch.
+    pub(crate) threads: usize,
+}
 
 #[async_trait]
 impl Format for JsonFormat {
@@ -41,10 +45,11 @@ impl Format for JsonFormat {
         options: &Options,
     ) -> Result<Box<dyn Encoder>> {
         refuse_options("json", options, &[])?;
-        let writer = WriterBuilder::new()
-            .with_explicit_nulls(false)
-            .build::<_, LineDelimited>(out);
-        Ok(Box::new(JsonEncoder { writer, schema }))
+        Ok(Box::new(JsonEncoder {
+            out,
+            schema,
+            threads: self.threads,
+        }))
     }
 
     async fn read(
@@ -106,8 +111,9 @@ pub(crate) fn supported(data_type: &DataType) -> bool {
 }
 
 struct JsonEncoder {
-    writer: Writer<SharedBuffer, LineDelimited>,
+    out: SharedBuffer,
     schema: SchemaRef,
+    threads: usize,
 }
 
 impl Encoder for JsonEncoder {
@@ -121,15 +127,26 @@ impl Encoder for JsonEncoder {
                 )));
             }
         }
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::invalid_data(format!("cannot encode a batch as JSON: {e}")))
+        // Every line stands alone, so row slices encode independently.
+        let parts = encode_row_slices(batch, self.threads, |slice, _| {
+            let mut writer = WriterBuilder::new()
+                .with_explicit_nulls(false)
+                .build::<_, LineDelimited>(Vec::new());
+            writer.write(slice)?;
+            writer.finish()?;
+            Ok(writer.into_inner())
+        })
+        .map_err(|e: arrow_schema::ArrowError| {
+            Error::invalid_data(format!("cannot encode a batch as JSON: {e}"))
+        })?;
+        for part in parts {
+            self.out.append(&part);
+        }
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.writer
-            .finish()
-            .map_err(|e| Error::invalid_data(format!("cannot finish the JSON file: {e}")))
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod arrow;
 pub mod csv;
 pub mod json;
+mod parallel;
 pub mod parquet;
 
 use std::io::Write;
@@ -28,6 +29,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
 
 use crate::asset::{AssetKey, Partition};
 use crate::config::{ArrowConfig, FileConfig, ParquetConfig, StorageOptions};
@@ -79,6 +81,10 @@ pub(crate) struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
 impl SharedBuffer {
     fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.0.lock().expect("buffer lock"))
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        self.0.lock().expect("buffer lock").extend_from_slice(bytes);
     }
 }
 
@@ -189,7 +195,9 @@ impl FileTarget {
             name,
             config.root.as_deref(),
             &config.storage,
-            Arc::new(json::JsonFormat),
+            Arc::new(json::JsonFormat {
+                threads: parallel::threads(config.threads).map_err(Error::config)?,
+            }),
         )
     }
 
@@ -198,7 +206,9 @@ impl FileTarget {
             name,
             config.root.as_deref(),
             &config.storage,
-            Arc::new(csv::CsvFormat),
+            Arc::new(csv::CsvFormat {
+                threads: parallel::threads(config.threads).map_err(Error::config)?,
+            }),
         )
     }
 
@@ -359,6 +369,7 @@ impl Target for FileTarget {
             target: self.name.clone(),
             location: self.location(&req.asset, req.partition.as_ref()),
             encoder: Some(encoder),
+            encoding: None,
             buffer,
             sink,
             rows: 0,
@@ -432,11 +443,16 @@ impl Target for FileTarget {
 }
 
 /// Encodes batches on the blocking pool and streams the bytes into one upload.
+///
+/// One batch is encoded while the put decodes the next: `write` hands the batch over and
+/// returns, and waits only for the encoding of the batch before it.
 struct FileWriter {
     target: String,
     location: String,
     /// `None` only while the encoder is away on the blocking pool.
     encoder: Option<Box<dyn Encoder>>,
+    /// The encoding in flight, which holds the encoder.
+    encoding: Option<JoinHandle<(Box<dyn Encoder>, Result<()>)>>,
     buffer: SharedBuffer,
     sink: BufWriter,
     rows: u64,
@@ -444,19 +460,29 @@ struct FileWriter {
 }
 
 impl FileWriter {
+    /// Starts `work` on the encoder once the encoding before it has finished.
     async fn encode(
         &mut self,
         work: impl FnOnce(&mut dyn Encoder) -> Result<()> + Send + 'static,
     ) -> Result<()> {
+        self.settle().await?;
         let mut encoder = self
             .encoder
             .take()
             .ok_or_else(|| Error::internal("encoder used after a failed write"))?;
-        let (encoder, result) = tokio::task::spawn_blocking(move || {
+        self.encoding = Some(tokio::task::spawn_blocking(move || {
             let result = work(encoder.as_mut());
             (encoder, result)
-        })
-        .await?;
+        }));
+        Ok(())
+    }
+
+    /// Waits for the encoding in flight and uploads what it produced.
+    async fn settle(&mut self) -> Result<()> {
+        let Some(encoding) = self.encoding.take() else {
+            return Ok(());
+        };
+        let (encoder, result) = encoding.await?;
         self.encoder = Some(encoder);
         result?;
         let bytes = self.buffer.take();
@@ -479,6 +505,7 @@ impl AssetWriter for FileWriter {
 
     async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
         self.encode(|encoder| encoder.finish()).await?;
+        self.settle().await?;
         self.sink.shutdown().await.map_err(|e| {
             Error::storage(&self.target, format!("completing {}", self.location), e)
         })?;
@@ -491,6 +518,8 @@ impl AssetWriter for FileWriter {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
+        // An encoding in flight only fills the in-memory buffer; let it finish on its own.
+        self.encoding.take();
         self.sink
             .abort()
             .await

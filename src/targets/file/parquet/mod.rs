@@ -7,11 +7,10 @@ use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -23,17 +22,25 @@ use crate::error::{Error, Result};
 use crate::protocol::Options;
 use crate::targets::SendableBatchStream;
 
+mod decode;
+mod encode;
+
+use encode::ParallelEncoder;
+
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 64 * 1024;
 
 pub(crate) struct ParquetFormat {
     properties: WriterProperties,
+    /// Threads sharing the columns of one file.
+    threads: usize,
 }
 
 impl ParquetFormat {
     pub(crate) fn new(config: &ParquetConfig) -> Result<Self> {
         Ok(Self {
             properties: writer_properties(config).map_err(Error::config)?,
+            threads: super::parallel::threads(config.threads).map_err(Error::config)?,
         })
     }
 }
@@ -96,13 +103,11 @@ impl Format for ParquetFormat {
         options: &Options,
     ) -> Result<Box<dyn Encoder>> {
         refuse_options("parquet", options, &[])?;
-        let writer =
-            ArrowWriter::try_new(out, schema, Some(self.properties.clone())).map_err(|e| {
-                Error::invalid_data(format!("cannot write this schema as Parquet: {e}"))
-            })?;
-        Ok(Box::new(ParquetEncoder {
-            writer: Some(writer),
-        }))
+        let writer = ParallelEncoder::try_new(out, schema, self.properties.clone(), self.threads)
+            .map_err(|e| {
+            Error::invalid_data(format!("cannot write this schema as Parquet: {e}"))
+        })?;
+        Ok(Box::new(writer))
     }
 
     async fn read(
@@ -111,26 +116,8 @@ impl Format for ParquetFormat {
         schema: SchemaRef,
         projection: Option<Vec<usize>>,
     ) -> Result<SendableBatchStream> {
-        let target = object.target.clone();
         let reader = PinnedParquetReader { object };
-        let builder = ParquetRecordBatchStreamBuilder::new_with_options(
-            reader,
-            ArrowReaderOptions::new().with_schema(schema),
-        )
-        .await
-        .map_err(|e| parquet_read_error(&target, e))?;
-        let mask = match projection {
-            Some(indices) => ProjectionMask::roots(builder.parquet_schema(), indices),
-            None => ProjectionMask::all(),
-        };
-        let stream = builder
-            .with_projection(mask)
-            .with_batch_size(READ_BATCH_ROWS)
-            .build()
-            .map_err(|e| parquet_read_error(&target, e))?;
-        Ok(Box::pin(
-            stream.map_err(move |e| parquet_read_error(&target, e)),
-        ))
+        decode::read(reader, schema, projection, self.threads).await
     }
 }
 
@@ -145,35 +132,20 @@ fn parquet_read_error(target: &str, err: ParquetError) -> Error {
     Error::format(target, "read a Parquet file", err)
 }
 
-struct ParquetEncoder {
-    /// `None` once finished.
-    writer: Option<ArrowWriter<SharedBuffer>>,
-}
-
-impl Encoder for ParquetEncoder {
+impl Encoder for ParallelEncoder {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let writer = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| Error::internal("parquet writer used after finish"))?;
-        writer
-            .write(batch)
+        ParallelEncoder::write(self, batch)
             .map_err(|e| Error::invalid_data(format!("cannot encode a batch as Parquet: {e}")))
     }
 
     fn finish(&mut self) -> Result<()> {
-        let writer = self
-            .writer
-            .take()
-            .ok_or_else(|| Error::internal("parquet writer finished twice"))?;
-        writer
-            .close()
-            .map(|_| ())
+        ParallelEncoder::finish(self)
             .map_err(|e| Error::invalid_data(format!("cannot finish the Parquet file: {e}")))
     }
 }
 
 /// Reads a Parquet file through a [`PinnedObject`], so every range is of one version.
+#[derive(Clone)]
 struct PinnedParquetReader {
     object: PinnedObject,
 }
