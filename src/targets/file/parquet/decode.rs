@@ -73,25 +73,29 @@ pub(super) async fn read(
         return Ok(Box::pin(ReceiverStream::new(rx)));
     }
     let placement = placement(&requested, &groups);
-    let stream = futures::stream::unfold(
-        (receivers, placement, target),
-        |(mut receivers, placement, target)| async move {
-            let mut parts = Vec::with_capacity(receivers.len());
-            for rx in &mut receivers {
-                match rx.recv().await {
-                    Some(Ok(batch)) => parts.push(batch),
-                    Some(Err(e)) => return Some((Err(e), (receivers, placement, target))),
-                    None => break,
-                }
+    // `None` once the stream has ended or failed: nothing follows an error.
+    let state = Some((receivers, placement, target));
+    let stream = futures::stream::unfold(state, |state| async move {
+        let (mut receivers, placement, target) = state?;
+        let mut parts = Vec::with_capacity(receivers.len());
+        for rx in &mut receivers {
+            match rx.recv().await {
+                Some(Ok(batch)) => parts.push(batch),
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => break,
             }
-            if parts.is_empty() {
-                return None;
-            }
-            let merged = merge(&parts, receivers.len(), &placement)
-                .map_err(|reason| Error::format(&target, "read a Parquet file", reason));
-            Some((merged, (receivers, placement, target)))
-        },
-    );
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        match merge(&parts, receivers.len(), &placement) {
+            Ok(batch) => Some((Ok(batch), Some((receivers, placement, target)))),
+            Err(reason) => Some((
+                Err(Error::format(&target, "read a Parquet file", reason)),
+                None,
+            )),
+        }
+    });
     Ok(Box::pin(stream))
 }
 
