@@ -756,6 +756,7 @@ impl Config {
             match target {
                 TargetConfig::Parquet(c) => {
                     crate::targets::file::parquet::writer_properties(c)
+                        .and_then(|_| crate::targets::file::parallel::threads(c.threads))
                         .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
                 }
                 TargetConfig::Arrow(c) => {
@@ -782,7 +783,11 @@ impl Config {
                     crate::targets::search::check_config(c)
                         .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
                 }
-                TargetConfig::Json(_) | TargetConfig::Csv(_) | TargetConfig::Discard(_) => {}
+                TargetConfig::Json(c) | TargetConfig::Csv(c) => {
+                    crate::targets::file::parallel::threads(c.threads)
+                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
+                }
+                TargetConfig::Discard(_) => {}
             }
         }
         Ok(())
@@ -860,6 +865,15 @@ mod tests {
         let bad_ipc =
             Config::from_toml("[targets.a]\nkind = \"arrow\"\ncompression = \"gzip\"").unwrap();
         assert!(bad_ipc.validate().is_err());
+        for kind in ["parquet", "csv", "json"] {
+            let no_threads =
+                Config::from_toml(&format!("[targets.a]\nkind = \"{kind}\"\nthreads = 0")).unwrap();
+            let err = no_threads.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("[targets.a] threads must be at least 1"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

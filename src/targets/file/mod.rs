@@ -11,7 +11,7 @@
 pub mod arrow;
 pub mod csv;
 pub mod json;
-mod parallel;
+pub(crate) mod parallel;
 pub mod parquet;
 
 use std::io::Write;

@@ -138,6 +138,16 @@ mod tests {
     }
 
     #[test]
+    fn the_threads_setting_defaults_to_the_cores_and_refuses_zero() {
+        assert_eq!(threads(Some(3)), Ok(3));
+        assert_eq!(
+            threads(Some(0)),
+            Err("threads must be at least 1".to_string())
+        );
+        assert!(threads(None).unwrap() >= 1);
+    }
+
+    #[test]
     fn small_batches_stay_on_one_thread() {
         assert_eq!(threads_for(PARALLEL_MIN_ROWS - 1, 8), 1);
         assert_eq!(threads_for(PARALLEL_MIN_ROWS, 8), 8);
