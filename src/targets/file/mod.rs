@@ -442,6 +442,9 @@ impl Target for FileTarget {
     }
 }
 
+/// An encoding on the blocking pool; it hands the encoder back with its result.
+type Encoding = JoinHandle<(Box<dyn Encoder>, Result<()>)>;
+
 /// Encodes batches on the blocking pool and streams the bytes into one upload.
 ///
 /// One batch is encoded while the put decodes the next: `write` hands the batch over and
@@ -452,7 +455,7 @@ struct FileWriter {
     /// `None` only while the encoder is away on the blocking pool.
     encoder: Option<Box<dyn Encoder>>,
     /// The encoding in flight, which holds the encoder.
-    encoding: Option<JoinHandle<(Box<dyn Encoder>, Result<()>)>>,
+    encoding: Option<Encoding>,
     buffer: SharedBuffer,
     sink: BufWriter,
     rows: u64,
