@@ -1,6 +1,7 @@
 //! Sharing the encoding of one file out over a few threads.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use arrow_array::RecordBatch;
 
@@ -20,6 +21,12 @@ pub(crate) fn threads(setting: Option<usize>) -> Result<usize, String> {
 /// How many threads a batch of `rows` rows is worth.
 pub(crate) fn threads_for(rows: usize, threads: usize) -> usize {
     if rows < PARALLEL_MIN_ROWS { 1 } else { threads }
+}
+
+/// Locks a mutex shared between encoding threads; a panic elsewhere is re-raised by the scope,
+/// so a poisoned lock holds nothing worth refusing.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `work(i)` for every `i` in `0..n` on up to `threads` threads (the caller's included),

@@ -19,7 +19,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
 use crate::targets::file::SharedBuffer;
-use crate::targets::file::parallel::{for_each_parallel, threads_for};
+use crate::targets::file::parallel::{for_each_parallel, lock, threads_for};
 
 pub(super) struct ParallelEncoder {
     /// `None` once finished.
@@ -160,10 +160,6 @@ impl ParallelEncoder {
         file.close()?;
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
