@@ -91,6 +91,64 @@ async fn duckdb_append_upsert_and_evolution() {
     assert_eq!(stray, 0, "no staging table survives a put");
 }
 
+/// DuckDB reads a put's batches with several threads; the table still holds them in the order
+/// they were sent, and the scan leaves no view behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_keeps_row_order_across_many_batches() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let batches: Vec<RecordBatch> = (0..60i64)
+        .map(|b| {
+            let values: Vec<i64> = (b * 2500..(b + 1) * 2500).collect();
+            let names: Vec<String> = values.iter().map(|v| format!("row {v}")).collect();
+            batch(vec![
+                ("id", ids(&values), false),
+                ("name", Arc::new(StringArray::from(names)), true),
+            ])
+        })
+        .collect();
+    let result = put(
+        &mut client,
+        cmd(json!({"target": "duckdb", "asset": "ordered/rows"})),
+        batches[0].schema(),
+        batches,
+    )
+    .await
+    .unwrap();
+    assert_eq!(result["rows"], 150_000);
+    let (_, got) = get(
+        &mut client,
+        json!({"target": "duckdb", "asset": "ordered/rows"}),
+    )
+    .await
+    .unwrap();
+    let mut next = 0i64;
+    for b in &got {
+        let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let name = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            assert_eq!(
+                id.value(i),
+                next,
+                "rows come back in the order they were put"
+            );
+            assert_eq!(name.value(i), format!("row {next}"));
+            next += 1;
+        }
+    }
+    assert_eq!(next, 150_000);
+    let dir = server.stop().await;
+    let db = duckdb::Connection::open(dir.path().join("data/quiver.duckdb")).unwrap();
+    let views: i64 = db
+        .query_row(
+            "SELECT count(*) FROM duckdb_views() WHERE NOT internal",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(views, 0, "the put's scan view does not outlive it");
+}
+
 /// Append, upsert (last duplicate wins), schema evolution and its refusals, null keys.
 async fn append_upsert_and_evolution(server: &TestServer, target: &str) {
     let mut client = server.client().await;

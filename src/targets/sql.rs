@@ -8,6 +8,11 @@ pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A SQL string literal: `it's` → `'it''s'`. Standard SQL: backslashes are not escapes.
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 /// A table's schema-qualified name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableName {
@@ -51,5 +56,6 @@ mod tests {
             "\"public\".\"orders\""
         );
         assert_eq!(quote("x\"y"), "\"x\"\"y\"");
+        assert_eq!(literal("it's \\n"), "'it''s \\n'");
     }
 }

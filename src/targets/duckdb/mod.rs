@@ -3,25 +3,29 @@
 //! Asset keys map to tables as Dagster's DuckDB IO manager does: the last segment is the
 //! table, the one before it the schema (created when missing), else `main`. All DuckDB work
 //! runs on blocking threads: a writer is a thread fed batches through a bounded channel, so at
-//! most a few batches wait in memory, and the async runtime never blocks on DuckDB.
+//! most a few batches wait in memory, and the async runtime never blocks on DuckDB. The writer
+//! hands the channel to DuckDB as an Arrow stream (`INSERT … SELECT` over DuckDB's Arrow
+//! scan), so DuckDB converts and compresses the batches with all its threads, in order.
 
 pub mod types;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arrow_array::RecordBatch;
-use arrow_schema::{Schema, SchemaRef};
+use arrow_array::{RecordBatch, RecordBatchReader};
+use arrow_schema::{ArrowError, Schema, SchemaRef};
 use async_trait::async_trait;
 use duckdb::Connection;
+use quiver_duckdb::{Database, RawConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use self::types::{column_definition, restore, to_storage};
+use self::types::{column_definition, restore, storage_schema, to_storage};
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::config::DuckDbConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
-use crate::targets::sql::{TableName as Table, quote};
+use crate::targets::file::parallel::lock;
+use crate::targets::sql::{TableName as Table, literal, quote};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
     WriteRequest, WriteSummary,
@@ -35,8 +39,8 @@ const STAGING_SCHEMA: &str = "__quiver";
 pub struct DuckDbTarget {
     name: String,
     path: PathBuf,
-    /// The database; every operation works on its own connection cloned from this one.
-    db: Arc<Mutex<Connection>>,
+    /// The database; every operation works on a connection of its own.
+    database: Arc<Database>,
     /// Held while creating a schema: DuckDB reports concurrent `CREATE SCHEMA IF NOT EXISTS`
     /// of one name as a write-write conflict.
     schema_lock: Arc<Mutex<()>>,
@@ -45,7 +49,10 @@ pub struct DuckDbTarget {
 /// Maps a DuckDB error by its class (the message's prefix): data DuckDB cannot convert is
 /// the caller's to fix, a constraint or catalog conflict is the asset's state, the rest is
 /// the storage failing.
-fn db_error(target: &str, action: &str) -> impl Fn(duckdb::Error) -> Error {
+fn db_error<E>(target: &str, action: &str) -> impl Fn(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let (target, action) = (target.to_string(), action.to_string());
     move |e| {
         let text = e.to_string();
@@ -79,12 +86,14 @@ impl DuckDbTarget {
                 ))
             })?;
         }
-        let conn = Connection::open(&path).map_err(|e| {
+        let open_error = |e: &dyn std::fmt::Display| {
             Error::config(format!(
                 "[targets.{name}] cannot open DuckDB database {}: {e}",
                 path.display()
             ))
-        })?;
+        };
+        let database = Database::open(&path).map_err(|e| open_error(&e))?;
+        let conn = database.connect().map_err(|e| open_error(&e))?;
         let mut setup = format!("CREATE SCHEMA IF NOT EXISTS {};", quote(STAGING_SCHEMA));
         if let Some(threads) = config.threads {
             setup.push_str(&format!("SET threads = {threads};"));
@@ -100,17 +109,14 @@ impl DuckDbTarget {
         Ok(Self {
             name: name.to_string(),
             path,
-            db: Arc::new(Mutex::new(conn)),
+            database,
             schema_lock: Arc::new(Mutex::new(())),
         })
     }
 
     fn connect(&self) -> Result<Connection> {
-        let db = self
-            .db
-            .lock()
-            .map_err(|_| Error::internal("duckdb connection lock poisoned"))?;
-        db.try_clone()
+        self.database
+            .connect()
             .map_err(db_error(&self.name, "opening a connection"))
     }
 
@@ -187,14 +193,17 @@ impl Target for DuckDbTarget {
         // Schemas are created outside the put's transaction: two puts creating the same schema
         // would otherwise conflict, and an empty schema left by an aborted put is harmless.
         let create_schema = format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&plan.table.schema));
-        let conn = self.connect()?;
+        let conn = self
+            .database
+            .raw_connection()
+            .map_err(db_error(&self.name, "opening a connection"))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
         let schema_lock = Arc::clone(&self.schema_lock);
         let worker = tokio::task::spawn_blocking(move || {
             let created = {
                 let _guard = schema_lock.lock().unwrap_or_else(|p| p.into_inner());
-                conn.execute_batch(&create_schema)
+                conn.execute(&create_schema)
             };
             if let Err(e) = created {
                 let err = Error::storage(&plan.target, "creating a schema", e);
@@ -226,8 +235,7 @@ impl Target for DuckDbTarget {
             .map(|f| quote(f.name()))
             .collect::<Vec<_>>()
             .join(", ");
-        let (filter, params) =
-            partition_filter(req.partitions.as_deref(), req.partition_columns.as_ref())?;
+        let filter = partition_filter(req.partitions.as_deref(), req.partition_columns.as_ref())?;
         let sql = format!("SELECT {columns} FROM {}{filter}", table.sql());
         let conn = self.connect()?;
         let target = self.name.clone();
@@ -242,7 +250,7 @@ impl Target for DuckDbTarget {
                     return;
                 }
             };
-            let stream = match stmt.stream_arrow(duckdb::params_from_iter(params.iter())) {
+            let stream = match stmt.stream_arrow([]) {
                 Ok(stream) => stream,
                 Err(e) => {
                     let _ = started_tx.send(Err(fail(e)));
@@ -281,17 +289,14 @@ impl Target for DuckDbTarget {
                 })
                 .await;
         }
-        let (filter, params) = partition_filter(
+        let filter = partition_filter(
             Some(req.partitions.as_slice()),
             req.partition_columns.as_ref(),
         )?;
         self.blocking(move |conn| {
-            conn.execute(
-                &format!("DELETE FROM {}{filter}", table.sql()),
-                duckdb::params_from_iter(params.iter()),
-            )
-            .map(|_| ())
-            .map_err(db_error(&target, "deleting partition rows"))
+            conn.execute(&format!("DELETE FROM {}{filter}", table.sql()), [])
+                .map(|_| ())
+                .map_err(db_error(&target, "deleting partition rows"))
         })
         .await
     }
@@ -306,19 +311,19 @@ impl Target for DuckDbTarget {
     }
 }
 
-/// ` WHERE (a = ? AND b = ?) OR (...)` selecting the given partitions, and its parameters.
+/// ` WHERE (a = '1' AND b = 'x') OR (...)` selecting the given partitions. DuckDB casts each
+/// string literal to its column's type, as it would a parameter.
 fn partition_filter(
     partitions: Option<&[Partition]>,
     columns: Option<&PartitionColumns>,
-) -> Result<(String, Vec<String>)> {
+) -> Result<String> {
     let Some(partitions) = partitions else {
-        return Ok((String::new(), Vec::new()));
+        return Ok(String::new());
     };
     let columns = columns.ok_or_else(|| {
         Error::internal("a partitioned duckdb asset has no partition columns in the catalog")
     })?;
     let mut clauses = Vec::new();
-    let mut params = Vec::new();
     for partition in partitions {
         columns.check(partition)?;
         let pairs = columns.filter(partition);
@@ -326,16 +331,15 @@ fn partition_filter(
             "({})",
             pairs
                 .iter()
-                .map(|(c, _)| format!("{} = ?", quote(c)))
+                .map(|(c, v)| format!("{} = {}", quote(c), literal(v)))
                 .collect::<Vec<_>>()
                 .join(" AND ")
         ));
-        params.extend(pairs.iter().map(|(_, v)| v.to_string()));
     }
     if clauses.is_empty() {
-        return Ok((" WHERE false".to_string(), params));
+        return Ok(" WHERE false".to_string());
     }
-    Ok((format!(" WHERE {}", clauses.join(" OR ")), params))
+    Ok(format!(" WHERE {}", clauses.join(" OR ")))
 }
 
 /// What one put does, run on the writer thread.
@@ -354,30 +358,53 @@ enum Message {
 }
 
 impl Plan {
-    fn fail(&self, action: &str) -> impl Fn(duckdb::Error) -> Error {
+    fn fail(&self, action: &str) -> impl Fn(quiver_duckdb::Error) -> Error {
         db_error(&self.target, action)
     }
 
     /// Runs the whole put in one transaction; anything but a commit message rolls it back.
     fn run(
         &self,
-        conn: &Connection,
-        mut rx: mpsc::Receiver<Message>,
+        conn: &RawConnection,
+        rx: mpsc::Receiver<Message>,
         ready: oneshot::Sender<Result<(), String>>,
     ) -> Result<WriteSummary> {
-        if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
+        let failure = Arc::new(Mutex::new(None));
+        // The batches become a view before the transaction begins: registering it is not
+        // part of the put.
+        let view = storage_schema(&self.incoming)
+            .map_err(Error::invalid_data)
+            .and_then(|schema| {
+                let incoming = Incoming {
+                    rx,
+                    schema,
+                    key: self.request.key.clone(),
+                    failure: Arc::clone(&failure),
+                    done: false,
+                };
+                conn.register_stream(Box::new(incoming))
+                    .map_err(self.fail("reading the batches"))
+            });
+        let view = match view {
+            Ok(view) => view,
+            Err(err) => {
+                let _ = ready.send(Err(err.to_string()));
+                return Err(err);
+            }
+        };
+        if let Err(e) = conn.execute("BEGIN TRANSACTION") {
             let err = self.fail("starting a transaction")(e);
             let _ = ready.send(Err(err.to_string()));
             return Err(err);
         }
-        let result = self.run_in_transaction(conn, &mut rx, ready);
+        let result = self.run_in_transaction(conn, view.name(), &failure, ready);
         match &result {
             Ok(_) => conn
-                .execute_batch("COMMIT")
+                .execute("COMMIT")
                 .map_err(self.fail("committing"))
                 .and(result),
             Err(_) => {
-                if let Err(e) = conn.execute_batch("ROLLBACK") {
+                if let Err(e) = conn.execute("ROLLBACK") {
                     tracing::warn!(error = %e, "duckdb rollback failed");
                 }
                 result
@@ -387,12 +414,12 @@ impl Plan {
 
     fn run_in_transaction(
         &self,
-        conn: &Connection,
-        rx: &mut mpsc::Receiver<Message>,
+        conn: &RawConnection,
+        view: &str,
+        failure: &Mutex<Option<Error>>,
         ready: oneshot::Sender<Result<(), String>>,
     ) -> Result<WriteSummary> {
-        let prepared = self.prepare(conn);
-        let staging = match prepared {
+        let staging = match self.prepare(conn) {
             Ok(staging) => {
                 let _ = ready.send(Ok(()));
                 staging
@@ -403,55 +430,29 @@ impl Plan {
             }
         };
         let destination = staging.clone().unwrap_or_else(|| self.table.clone());
-        let columns: Vec<String> = self
+        let columns = self
             .incoming
             .fields()
             .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let column_refs: Vec<&str> = columns.iter().map(String::as_str).collect();
-        let mut rows = 0u64;
-        {
-            let mut appender = conn
-                .appender_with_columns_to_db(&destination.table, &destination.schema, &column_refs)
-                .map_err(self.fail("opening an appender"))?;
-            loop {
-                match rx.blocking_recv() {
-                    Some(Message::Batch(batch)) => {
-                        rows += batch.num_rows() as u64;
-                        self.check_keys(&batch)?;
-                        let storage = to_storage(&batch).map_err(|e| {
-                            Error::invalid_data(format!("cannot convert a batch for DuckDB: {e}"))
-                        })?;
-                        appender.append_record_batch(storage).map_err(|e| {
-                            Error::invalid_data(format!(
-                                "DuckDB refused a batch for table {}: {e}",
-                                self.table.sql()
-                            ))
-                        })?;
-                    }
-                    Some(Message::Commit) => break,
-                    None => {
-                        return Err(Error::Cancelled {
-                            message: "the put ended before it committed".to_string(),
-                        });
-                    }
-                }
-            }
-            appender
-                .flush()
-                .map_err(self.fail("flushing the appender"))?;
+            .map(|f| quote(f.name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let inserted = conn.execute(&format!(
+            "INSERT INTO {} ({columns}) SELECT {columns} FROM {view}",
+            destination.sql()
+        ));
+        // The batches' own failure (a bad batch, the client leaving) says more than DuckDB's
+        // report of the scan stopping.
+        if let Some(err) = lock(failure).take() {
+            return Err(err);
         }
+        let rows = inserted.map_err(|e| self.insert_error(e))?;
         if let Some(stage) = &staging {
             self.merge(conn, stage)?;
         }
         self.check_partition(conn, rows)?;
-        let total: i64 = conn
-            .query_row(
-                &format!("SELECT count(*) FROM {}", self.table.sql()),
-                [],
-                |r| r.get(0),
-            )
+        let total = conn
+            .query_i64(&format!("SELECT count(*) FROM {}", self.table.sql()))
             .map_err(self.fail("counting rows"))?;
         Ok(WriteSummary {
             rows,
@@ -461,20 +462,34 @@ impl Plan {
         })
     }
 
+    /// Data DuckDB cannot take into the table's columns is the caller's to fix.
+    fn insert_error(&self, e: quiver_duckdb::Error) -> Error {
+        let class = e.0.split_once(" Error:").map(|(c, _)| c).unwrap_or("");
+        match class {
+            "Constraint" | "Conversion" | "Invalid Input" | "Out of Range" | "Mismatch Type" => {
+                Error::invalid_data(format!(
+                    "DuckDB refused a batch for table {}: {e}",
+                    self.table.sql()
+                ))
+            }
+            _ => self.fail("inserting rows")(e),
+        }
+    }
+
     /// Creates, replaces or evolves the table; returns the staging table for upserts.
-    fn prepare(&self, conn: &Connection) -> Result<Option<Table>> {
+    fn prepare(&self, conn: &RawConnection) -> Result<Option<Table>> {
         let req = &self.request;
         let table = self.table.sql();
         let replace_table = req.mode == Mode::Overwrite && req.partition.is_none();
         if replace_table || req.existing.is_none() {
             let ddl = create_table(&table, &req.schema, replace_table)?;
-            conn.execute_batch(&ddl)
+            conn.execute(&ddl)
                 .map_err(self.fail("creating the table"))?;
         } else if let Some(existing) = &req.existing {
             for field in req.schema.fields() {
                 if existing.field_with_name(field.name()).is_err() {
                     let column = column_definition(field).map_err(Error::invalid_data)?;
-                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
+                    conn.execute(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
                         .map_err(self.fail("adding a column"))?;
                 }
             }
@@ -482,13 +497,9 @@ impl Plan {
         if let (Some(partition), Some(columns)) = (&req.partition, &req.partition_column)
             && req.mode == Mode::Overwrite
         {
-            let (filter, params) =
-                partition_filter(Some(std::slice::from_ref(partition)), Some(columns))?;
-            conn.execute(
-                &format!("DELETE FROM {table}{filter}"),
-                duckdb::params_from_iter(params.iter()),
-            )
-            .map_err(self.fail("replacing a partition"))?;
+            let filter = partition_filter(Some(std::slice::from_ref(partition)), Some(columns))?;
+            conn.execute(&format!("DELETE FROM {table}{filter}"))
+                .map_err(self.fail("replacing a partition"))?;
         }
         if req.mode != Mode::Upsert {
             return Ok(None);
@@ -497,14 +508,14 @@ impl Plan {
             schema: STAGING_SCHEMA.to_string(),
             table: format!("stage_{}", uuid::Uuid::new_v4().simple()),
         };
-        conn.execute_batch(&create_table(&stage.sql(), &self.incoming, false)?)
+        conn.execute(&create_table(&stage.sql(), &self.incoming, false)?)
             .map_err(self.fail("creating a staging table"))?;
         Ok(Some(stage))
     }
 
     /// Upsert: rows whose key is in the staging table replace the table's rows; within one put
     /// the last row for a key wins.
-    fn merge(&self, conn: &Connection, stage: &Table) -> Result<()> {
+    fn merge(&self, conn: &RawConnection, stage: &Table) -> Result<()> {
         let keys = self
             .request
             .key
@@ -521,18 +532,19 @@ impl Plan {
             .join(", ");
         let table = self.table.sql();
         let stage = stage.sql();
-        conn.execute_batch(&format!(
+        conn.execute(&format!(
             "DELETE FROM {table} WHERE ({keys}) IN (SELECT {keys} FROM {stage});
              INSERT INTO {table} ({columns})
                 SELECT {columns} FROM {stage}
                 QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY rowid DESC) = 1;
              DROP TABLE {stage};"
         ))
+        .map(|_| ())
         .map_err(self.fail("merging upserted rows"))
     }
 
     /// A partition put may only hold rows of its partition.
-    fn check_partition(&self, conn: &Connection, rows: u64) -> Result<()> {
+    fn check_partition(&self, conn: &RawConnection, rows: u64) -> Result<()> {
         let (Some(partition), Some(columns)) =
             (&self.request.partition, &self.request.partition_column)
         else {
@@ -541,14 +553,12 @@ impl Plan {
         if self.request.mode != Mode::Overwrite {
             return Ok(());
         }
-        let (filter, params) =
-            partition_filter(Some(std::slice::from_ref(partition)), Some(columns))?;
-        let inside: i64 = conn
-            .query_row(
-                &format!("SELECT count(*) FROM {}{filter}", self.table.sql()),
-                duckdb::params_from_iter(params.iter()),
-                |r| r.get(0),
-            )
+        let filter = partition_filter(Some(std::slice::from_ref(partition)), Some(columns))?;
+        let inside = conn
+            .query_i64(&format!(
+                "SELECT count(*) FROM {}{filter}",
+                self.table.sql()
+            ))
             .map_err(self.fail("checking partition rows"))?;
         if inside as u64 != rows {
             return Err(Error::invalid_data(format!(
@@ -560,9 +570,23 @@ impl Plan {
         }
         Ok(())
     }
+}
 
-    fn check_keys(&self, batch: &RecordBatch) -> Result<()> {
-        for key in &self.request.key {
+/// The put's batches as DuckDB reads them: each converted to its storage types, until the
+/// commit message. Anything else ends the stream with an error, kept in `failure` for the
+/// writer to report.
+struct Incoming {
+    rx: mpsc::Receiver<Message>,
+    /// The storage schema every batch is converted to.
+    schema: SchemaRef,
+    key: Vec<String>,
+    failure: Arc<Mutex<Option<Error>>>,
+    done: bool,
+}
+
+impl Incoming {
+    fn convert(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        for key in &self.key {
             if let Some(column) = batch.column_by_name(key)
                 && column.null_count() > 0
             {
@@ -571,7 +595,46 @@ impl Plan {
                 )));
             }
         }
-        Ok(())
+        let storage = to_storage(batch).and_then(|storage| {
+            RecordBatch::try_new(Arc::clone(&self.schema), storage.columns().to_vec())
+        });
+        storage.map_err(|e| Error::invalid_data(format!("cannot convert a batch for DuckDB: {e}")))
+    }
+
+    fn fail(&mut self, err: Error) -> Option<Result<RecordBatch, ArrowError>> {
+        self.done = true;
+        let message = err.to_string();
+        *lock(&self.failure) = Some(err);
+        Some(Err(ArrowError::ExternalError(message.into())))
+    }
+}
+
+impl Iterator for Incoming {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.rx.blocking_recv() {
+            Some(Message::Batch(batch)) => match self.convert(&batch) {
+                Ok(storage) => Some(Ok(storage)),
+                Err(err) => self.fail(err),
+            },
+            Some(Message::Commit) => {
+                self.done = true;
+                None
+            }
+            None => self.fail(Error::Cancelled {
+                message: "the put ended before it committed".to_string(),
+            }),
+        }
+    }
+}
+
+impl RecordBatchReader for Incoming {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
     }
 }
 

@@ -1,6 +1,6 @@
 //! How Arrow types are stored in DuckDB columns, and restored on read.
 //!
-//! Each Arrow type maps to a *storage type* the DuckDB appender accepts, and a SQL type for
+//! Each Arrow type maps to a *storage type* DuckDB's Arrow scan reads exactly, and a SQL type for
 //! `CREATE TABLE`. On read, DuckDB's Arrow output is cast back to the catalog's Arrow type, so
 //! a round trip is exact.
 
@@ -108,7 +108,18 @@ pub fn column_definition(field: &Field) -> Result<String, String> {
     Ok(format!("{} {sql}{null}", quote(field.name())))
 }
 
-/// Casts a batch to its storage types for the appender.
+/// The schema of `schema`'s batches after [`to_storage`]: every column nullable (the table's
+/// own constraints check the values).
+pub fn storage_schema(schema: &Schema) -> Result<SchemaRef, String> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| Ok(Field::new(f.name(), storage_type(f.data_type())?, true)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Casts a batch to its storage types.
 pub fn to_storage(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     let mut fields = Vec::with_capacity(batch.num_columns());
     let mut columns = Vec::with_capacity(batch.num_columns());
