@@ -135,6 +135,23 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are the 14th and 15th fields; the text after ")" starts at the 3rd.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(fn, server_pid: int | None = None) -> tuple:
+    """Runs fn(); returns (wall seconds, this process's CPU seconds, the server's CPU seconds)."""
+    server_before = process_cpu_seconds(server_pid) if server_pid else 0.0
+    cpu_before, started = time.process_time(), time.perf_counter()
+    fn()
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    server = process_cpu_seconds(server_pid) - server_before if server_pid else 0.0
+    return wall, cpu, server
+
+
 def summary(times: list, rows: int, megabytes: float) -> dict:
     median = statistics.median(times)
     return {
@@ -303,7 +320,7 @@ def main() -> None:
         client = fl.connect(f"grpc://127.0.0.1:{server.port}")
 
         if "duckdb" in scenarios:
-            results.append(duckdb_scenario(client, table, work, args.reps, rows, megabytes))
+            results.append(duckdb_scenario(client, server.proc.pid, table, work, args.reps, rows, megabytes))
         if "parquet" in scenarios:
             results.append(parquet_scenario(client, table, work, args.reps, rows, megabytes))
         if "files" in scenarios:
@@ -330,21 +347,31 @@ def main() -> None:
     write_report(args, results, rows, megabytes, peak, memory)
 
 
-def duckdb_scenario(client, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> dict:
-    """DoPut overwrite vs python duckdb CREATE TABLE AS SELECT from the Arrow table."""
-    quiver_times = [quiver_put(client, table, {"target": "duckdb", "asset": "tpch/lineitem"}) for _ in range(reps)]
+def duckdb_scenario(
+    client, server_pid: int, table: pa.Table, work: str, reps: int, rows: int, megabytes: float
+) -> dict:
+    """DoPut overwrite vs python duckdb CREATE TABLE AS SELECT from the Arrow table, with the
+    CPU time each side spends: on one machine the Flight client's work shares the cores with
+    the server's."""
+    command = {"target": "duckdb", "asset": "tpch/lineitem"}
+    quiver = [with_cpu(lambda: quiver_put(client, table, command), server_pid) for _ in range(reps)]
     native = duckdb.connect(os.path.join(work, "native.duckdb"))
     native.register("arrow_table", table)
-    native_times = [
-        timed(lambda: native.execute("CREATE OR REPLACE TABLE lineitem AS SELECT * FROM arrow_table"))
+    baseline = [
+        with_cpu(lambda: native.execute("CREATE OR REPLACE TABLE lineitem AS SELECT * FROM arrow_table"))
         for _ in range(reps)
     ]
     native.close()
     return {
         "scenario": "DoPut → duckdb (overwrite)",
         "native": "python duckdb CREATE TABLE AS SELECT * FROM arrow_table",
-        "quiver": summary(quiver_times, rows, megabytes),
-        "baseline": summary(native_times, rows, megabytes),
+        "quiver": summary([q[0] for q in quiver], rows, megabytes),
+        "baseline": summary([b[0] for b in baseline], rows, megabytes),
+        "cpu_seconds_median": {
+            "quiver_server": round(statistics.median(q[2] for q in quiver), 2),
+            "flight_client": round(statistics.median(q[1] for q in quiver), 2),
+            "native": round(statistics.median(b[1] for b in baseline), 2),
+        },
     }
 
 
@@ -574,6 +601,15 @@ def write_report(args, results: list, rows: int, megabytes: float, peak: float, 
             f"{r['native']}: {b['rows_per_s']:,} rows/s ({b['seconds_median']} s, "
             f"{b['seconds_min']}–{b['seconds_max']}) | {r['ratio']} |"
         )
+    cpu = [r for r in results if "cpu_seconds_median" in r]
+    if cpu:
+        lines += ["", "CPU seconds per run (medians; user + system, all threads):", ""]
+        for r in cpu:
+            c = r["cpu_seconds_median"]
+            lines.append(
+                f"- {r['scenario']}: Quiver server {c['quiver_server']} s + pyarrow Flight client "
+                f"{c['flight_client']} s; native {c['native']} s"
+            )
     if memory:
         lines += [
             "",
