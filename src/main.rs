@@ -6,10 +6,11 @@ use quiver::client;
 use serde_json::{Value, json};
 
 /// Buffers are allocated on one thread and freed on another all the time (decoding, encoding
-/// threads, the blocking pool); glibc's per-thread arenas then hold on to freed memory and the
-/// server's footprint creeps up with the size of a put. mimalloc keeps it flat.
+/// threads, the blocking pool). glibc's per-thread arenas then hold on to freed memory, so the
+/// footprint creeps up with the size of a put; mimalloc's per-thread heaps hold on to it with
+/// the number of concurrent puts. jemalloc returns it in both cases.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
