@@ -15,7 +15,7 @@ pub mod sql;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
@@ -26,6 +26,13 @@ use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
+
+/// Locks a mutex shared between a target's threads. Whoever panicked while holding it has its
+/// panic reported on its own (a thread scope re-raises it, a task's join fails), so a poisoned
+/// lock holds nothing worth refusing.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A stream of record batches read from a target.
 pub type SendableBatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>;

@@ -24,11 +24,10 @@ use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::config::DuckDbConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
-use crate::targets::file::parallel::lock;
 use crate::targets::sql::{TableName as Table, literal, quote};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
-    WriteRequest, WriteSummary,
+    WriteRequest, WriteSummary, lock,
 };
 
 /// Batches waiting for the writer thread.
@@ -202,7 +201,7 @@ impl Target for DuckDbTarget {
         let schema_lock = Arc::clone(&self.schema_lock);
         let worker = tokio::task::spawn_blocking(move || {
             let created = {
-                let _guard = schema_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let _guard = lock(&schema_lock);
                 conn.execute(&create_schema)
             };
             if let Err(e) = created {

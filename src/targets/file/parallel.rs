@@ -1,9 +1,11 @@
 //! Sharing the encoding of one file out over a few threads.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use arrow_array::RecordBatch;
+
+use crate::targets::lock;
 
 /// Batches with fewer rows are encoded on the calling thread: starting threads would cost
 /// more than it saves.
@@ -21,12 +23,6 @@ pub(crate) fn threads(setting: Option<usize>) -> Result<usize, String> {
 /// How many threads a batch of `rows` rows is worth.
 pub(crate) fn threads_for(rows: usize, threads: usize) -> usize {
     if rows < PARALLEL_MIN_ROWS { 1 } else { threads }
-}
-
-/// Locks a mutex shared between encoding threads; a panic elsewhere is re-raised by the scope,
-/// so a poisoned lock holds nothing worth refusing.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `work(i)` for every `i` in `0..n` on up to `threads` threads (the caller's included),
@@ -79,22 +75,17 @@ pub(crate) fn encode_row_slices<E: Send>(
     let rows = batch.num_rows();
     let slices = threads_for(rows, threads).max(1);
     let per_slice = rows.div_ceil(slices);
-    let outputs: Vec<std::sync::Mutex<Vec<u8>>> = (0..slices).map(|_| Default::default()).collect();
+    let outputs: Vec<Mutex<Vec<u8>>> = (0..slices).map(|_| Default::default()).collect();
     for_each_parallel(slices, slices, |i| {
         let start = (i * per_slice).min(rows);
         let end = ((i + 1) * per_slice).min(rows);
         let bytes = encode(&batch.slice(start, end - start), i == 0)?;
-        *outputs[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = bytes;
+        *lock(&outputs[i]) = bytes;
         Ok(())
     })?;
     Ok(outputs
         .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        })
+        .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
         .collect())
 }
 

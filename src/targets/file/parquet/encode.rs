@@ -19,7 +19,8 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
 use crate::targets::file::SharedBuffer;
-use crate::targets::file::parallel::{for_each_parallel, lock, threads_for};
+use crate::targets::file::parallel::{for_each_parallel, threads_for};
+use crate::targets::lock;
 
 pub(super) struct ParallelEncoder {
     /// `None` once finished.
