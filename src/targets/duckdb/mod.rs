@@ -45,8 +45,21 @@ pub struct DuckDbTarget {
     schema_lock: Arc<Mutex<()>>,
 }
 
-/// Maps a DuckDB error by its class (the message's prefix): data DuckDB cannot convert is
-/// the caller's to fix, a constraint or catalog conflict is the asset's state, the rest is
+/// A DuckDB error's class: the prefix of its message, as `Conversion` in
+/// `Conversion Error: …`.
+fn error_class(text: &str) -> &str {
+    text.split_once(" Error:").map_or("", |(class, _)| class)
+}
+
+/// Classes of errors about the data itself: values DuckDB cannot convert or hold.
+fn is_data_error(class: &str) -> bool {
+    matches!(
+        class,
+        "Conversion" | "Invalid Input" | "Out of Range" | "Mismatch Type"
+    )
+}
+
+/// Maps a DuckDB error by its class: data DuckDB cannot convert is the caller's to fix, a constraint or catalog conflict is the asset's state, the rest is
 /// the storage failing.
 fn db_error<E>(target: &str, action: &str) -> impl Fn(E) -> Error
 where
@@ -55,13 +68,10 @@ where
     let (target, action) = (target.to_string(), action.to_string());
     move |e| {
         let text = e.to_string();
-        let class = text.split_once(" Error:").map(|(c, _)| c).unwrap_or("");
-        match class {
-            "Conversion" | "Invalid Input" | "Out of Range" | "Mismatch Type" => {
-                Error::invalid_data(format!(
-                    "target '{target}' (duckdb) refused the data while {action}: {text}"
-                ))
-            }
+        match error_class(&text) {
+            class if is_data_error(class) => Error::invalid_data(format!(
+                "target '{target}' (duckdb) refused the data while {action}: {text}"
+            )),
             "Constraint" | "Binder" | "Catalog" | "Dependency" => Error::failed_precondition(
                 format!("target '{target}' (duckdb) cannot do this while {action}: {text}"),
             ),
@@ -461,18 +471,17 @@ impl Plan {
         })
     }
 
-    /// Data DuckDB cannot take into the table's columns is the caller's to fix.
+    /// Data DuckDB cannot take into the table's columns is the caller's to fix; inserting the
+    /// put's rows, a violated constraint (a null in a NOT NULL column) is the data's fault too.
     fn insert_error(&self, e: quiver_duckdb::Error) -> Error {
-        let class = e.0.split_once(" Error:").map(|(c, _)| c).unwrap_or("");
-        match class {
-            "Constraint" | "Conversion" | "Invalid Input" | "Out of Range" | "Mismatch Type" => {
-                Error::invalid_data(format!(
-                    "DuckDB refused a batch for table {}: {e}",
-                    self.table.sql()
-                ))
-            }
-            _ => self.fail("inserting rows")(e),
+        let class = error_class(&e.0);
+        if is_data_error(class) || class == "Constraint" {
+            return Error::invalid_data(format!(
+                "DuckDB refused a batch for table {}: {e}",
+                self.table.sql()
+            ));
         }
+        self.fail("inserting rows")(e)
     }
 
     /// Creates, replaces or evolves the table; returns the staging table for upserts.
@@ -594,10 +603,8 @@ impl Incoming {
                 )));
             }
         }
-        let storage = to_storage(batch).and_then(|storage| {
-            RecordBatch::try_new(Arc::clone(&self.schema), storage.columns().to_vec())
-        });
-        storage.map_err(|e| Error::invalid_data(format!("cannot convert a batch for DuckDB: {e}")))
+        to_storage(batch, &self.schema)
+            .map_err(|e| Error::invalid_data(format!("cannot convert a batch for DuckDB: {e}")))
     }
 
     fn fail(&mut self, err: Error) -> Option<Result<RecordBatch, ArrowError>> {

@@ -119,25 +119,26 @@ pub fn storage_schema(schema: &Schema) -> Result<SchemaRef, String> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// Casts a batch to its storage types.
-pub fn to_storage(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let mut fields = Vec::with_capacity(batch.num_columns());
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let storage = storage_type(field.data_type()).map_err(ArrowError::CastError)?;
-        let column = if column.data_type() == &DataType::Null {
-            new_null_array(&storage, column.len())
-        } else if column.data_type() == &storage {
-            Arc::clone(column)
-        } else if let Some(naive) = retag_timestamp(column, &storage) {
-            naive
-        } else {
-            arrow_cast::cast(column, &storage)?
-        };
-        fields.push(Field::new(field.name(), storage, true));
-        columns.push(column);
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+/// Casts a batch to `storage`, its schema's [`storage_schema`].
+pub fn to_storage(batch: &RecordBatch, storage: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns = storage
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            let to = field.data_type();
+            Ok(if column.data_type() == &DataType::Null {
+                new_null_array(to, column.len())
+            } else if column.data_type() == to {
+                Arc::clone(column)
+            } else if let Some(naive) = retag_timestamp(column, to) {
+                naive
+            } else {
+                arrow_cast::cast(column, to)?
+            })
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    RecordBatch::try_new(Arc::clone(storage), columns)
 }
 
 /// Casts DuckDB's Arrow output back to the catalog's types.
