@@ -44,6 +44,9 @@ fn c_string(text: &str, what: &str) -> Result<CString> {
 /// may outlive this handle.
 pub struct Database {
     raw: ffi::duckdb_database,
+    /// A new connection's default schema, quoted (`"catalog"."main"`): `register_stream`
+    /// switches to the scan catalog and back to this.
+    home: String,
 }
 
 // SAFETY: a DuckDB database handle may be used from any thread; DuckDB synchronises inside.
@@ -78,11 +81,19 @@ impl Database {
             };
             return Err(Error(text));
         }
-        let database = Arc::new(Self { raw });
-        database
-            .raw_connection()?
-            .execute(&format!("ATTACH ':memory:' AS {SCAN_CATALOG}"))?;
-        Ok(database)
+        let mut database = Self {
+            raw,
+            home: String::new(),
+        };
+        // SAFETY: `raw` is the open database just made; the connection is closed before
+        // `database` can drop.
+        let conn = unsafe { RawConnection::connect(raw)? };
+        let catalog = conn.query_string("SELECT current_database()")?;
+        let schema = conn.query_string("SELECT current_schema()")?;
+        conn.execute(&format!("ATTACH ':memory:' AS {SCAN_CATALOG}"))?;
+        drop(conn);
+        database.home = format!("{}.{}", quote(&catalog), quote(&schema));
+        Ok(Arc::new(database))
     }
 
     /// A duckdb-rs connection to this database.
@@ -94,16 +105,10 @@ impl Database {
 
     /// A connection driven through the C API, for [`RawConnection::execute_with_stream`].
     pub fn raw_connection(self: &Arc<Self>) -> Result<RawConnection> {
-        let mut raw: ffi::duckdb_connection = ptr::null_mut();
-        // SAFETY: `self.raw` is an open database; DuckDB writes `raw`.
-        let state = unsafe { ffi::duckdb_connect(self.raw, &mut raw) };
-        if state != ffi::DuckDBSuccess {
-            return Err(Error("DuckDB could not open a connection".to_string()));
-        }
-        Ok(RawConnection {
-            raw,
-            _database: Arc::clone(self),
-        })
+        // SAFETY: `self.raw` is open while `self` lives, and the connection holds `self`.
+        let mut conn = unsafe { RawConnection::connect(self.raw)? };
+        conn.database = Some(Arc::clone(self));
+        Ok(conn)
     }
 }
 
@@ -117,7 +122,8 @@ impl Drop for Database {
 /// One connection, used by one thread at a time.
 pub struct RawConnection {
     raw: ffi::duckdb_connection,
-    _database: Arc<Database>,
+    /// Set for every connection handed out; only `Database::open`'s own is without it.
+    database: Option<Arc<Database>>,
 }
 
 // SAFETY: a DuckDB connection may move between threads; `&mut`-free methods are only ever
@@ -142,6 +148,21 @@ impl Drop for QueryResult {
 }
 
 impl RawConnection {
+    /// # Safety
+    /// `database` is open, and stays open while the connection is used.
+    unsafe fn connect(database: ffi::duckdb_database) -> Result<Self> {
+        let mut raw: ffi::duckdb_connection = ptr::null_mut();
+        // SAFETY: the caller guarantees `database` is open; DuckDB writes `raw`.
+        let state = unsafe { ffi::duckdb_connect(database, &mut raw) };
+        if state != ffi::DuckDBSuccess {
+            return Err(Error("DuckDB could not open a connection".to_string()));
+        }
+        Ok(Self {
+            raw,
+            database: None,
+        })
+    }
+
     fn query(&self, sql: &str) -> Result<QueryResult> {
         let sql = c_string(sql, "the SQL text")?;
         // SAFETY: an all-zero result is the documented initial state for `duckdb_query`.
@@ -222,8 +243,11 @@ impl RawConnection {
         let c_name = c_string(&name, "the view name")?;
         // `duckdb_arrow_scan` creates its view in the default schema: make that the in-memory
         // catalog's for the call, then restore it.
-        let database = self.query_string("SELECT current_database()")?;
-        let schema = self.query_string("SELECT current_schema()")?;
+        let home = self
+            .database
+            .as_ref()
+            .map(|database| database.home.as_str())
+            .ok_or_else(|| Error("the connection has no database".to_string()))?;
         self.execute(&format!("USE {SCAN_CATALOG}.main"))?;
         // SAFETY: `stream` is a valid Arrow C stream; the guard returned owns it and its
         // private data, and drops the view before freeing them. DuckDB never releases a
@@ -241,7 +265,7 @@ impl RawConnection {
             stream: ManuallyDrop::new(stream),
             state: ManuallyDrop::new(state),
         };
-        self.execute(&format!("USE {}.{}", quote(&database), quote(&schema)))?;
+        self.execute(&format!("USE {home}"))?;
         if registered != ffi::DuckDBSuccess {
             return Err(Error(format!(
                 "DuckDB could not read the batches as view {}",
