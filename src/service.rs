@@ -3,13 +3,15 @@
 //!
 //! Every handler reads top-down: decode the descriptor or ticket, find the target, do the work.
 
+mod decode;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::decode::DecodedPayload;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
@@ -26,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, info, warn};
 
+use self::decode::BatchDecoder;
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::auth::{Access, Authenticator, Principal};
 use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
@@ -270,10 +273,9 @@ impl Inner {
         }
 
         let rest = input.map_err(|status| FlightError::Tonic(Box::new(status)));
-        let mut decoder =
-            FlightDataDecoder::new(futures::stream::once(async { Ok(first) }).chain(rest));
+        let mut decoder = BatchDecoder::new(futures::stream::once(async { Ok(first) }).chain(rest));
         let schema = match decoder.next().await {
-            Some(Ok(decoded)) => match decoded.payload {
+            Some(Ok(decoded)) => match decoded {
                 DecodedPayload::Schema(schema) => schema,
                 _ => {
                     return Err(Error::invalid_request(
@@ -693,7 +695,7 @@ impl Inner {
 
 /// Feeds every decoded batch to the writer.
 async fn pump(
-    decoder: &mut FlightDataDecoder,
+    decoder: &mut BatchDecoder,
     writer: &mut dyn AssetWriter,
     idle: std::time::Duration,
 ) -> Result<()> {
@@ -708,7 +710,7 @@ async fn pump(
             });
         };
         let Some(item) = next else { break };
-        match item.map_err(flight_error)?.payload {
+        match item.map_err(flight_error)? {
             DecodedPayload::RecordBatch(batch) => writer.write(batch).await?,
             DecodedPayload::Schema(_) => {
                 return Err(Error::invalid_data(
@@ -722,7 +724,7 @@ async fn pump(
 }
 
 /// Reads and discards the rest of a stream (an idempotent replay still consumes its input).
-async fn drain(decoder: &mut FlightDataDecoder) -> Result<()> {
+async fn drain(decoder: &mut BatchDecoder) -> Result<()> {
     while let Some(item) = decoder.next().await {
         item.map_err(flight_error)?;
     }
