@@ -1,6 +1,8 @@
 //! Starting and stopping a server: a function of its configuration, listener and shutdown
 //! signal, so tests run servers in-process on port 0.
 
+mod do_get;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use self::do_get::{FlightRoutes, MessageLimits};
 use crate::auth::Authenticator;
 use crate::catalog::{Catalog, PostgresCatalog, SqliteCatalog};
 use crate::config::{Config, TlsConfig};
@@ -106,9 +109,13 @@ pub async fn serve_on(
         Arc::clone(&metrics),
     ));
     let limit = config.limits.max_message_bytes;
-    let flight = FlightServiceServer::new(service)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let flight = FlightRoutes::new(
+        service,
+        MessageLimits {
+            decoding: limit,
+            encoding: limit,
+        },
+    );
     let addr = listener
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the listen address: {e}")))?;

@@ -4,6 +4,7 @@
 //! Every handler reads top-down: decode the descriptor or ticket, find the target, do the work.
 
 mod decode;
+mod encode;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -12,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_flight::decode::DecodedPayload;
-use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, info, warn};
 
 use self::decode::BatchDecoder;
+pub use self::encode::IpcMessage;
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::auth::{Access, Authenticator, Principal};
 use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
@@ -170,6 +171,27 @@ impl QuiverService {
                 limits: PutLimits::new(limits),
             }),
         }
+    }
+
+    /// DoGet's work: the asset's Arrow IPC messages, whose bodies share the read batches'
+    /// buffers. The server frames them itself (see `server::do_get`); the `FlightService`
+    /// method copies each into one `FlightData`.
+    #[tracing::instrument(skip_all, fields(target, asset))]
+    pub async fn read(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<IpcMessage>>, Status> {
+        let caller = self.inner.auth.authenticate(request.metadata())?;
+        let ticket = protocol::parse_ticket(&request.into_inner().ticket)?;
+        let seen = OnceLock::new();
+        let opened = self.inner.open(ticket, &caller, &seen).await;
+        self.inner.metrics.get_opened(
+            seen.get().map_or("unknown", String::as_str),
+            status_label(&opened),
+        );
+        let (schema, batches) = opened?;
+        // Dictionaries are sent as dictionaries: a read returns exactly the types written.
+        Ok(encode::encode(schema, batches))
     }
 }
 
@@ -996,29 +1018,14 @@ impl FlightService for QuiverService {
         Ok(Response::new(result))
     }
 
-    #[tracing::instrument(skip_all, fields(target, asset))]
     async fn do_get(
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let caller = self.inner.auth.authenticate(request.metadata())?;
-        let ticket = protocol::parse_ticket(&request.into_inner().ticket)?;
-        let seen = OnceLock::new();
-        let opened = self.inner.open(ticket, &caller, &seen).await;
-        self.inner.metrics.get_opened(
-            seen.get().map_or("unknown", String::as_str),
-            status_label(&opened),
-        );
-        let (schema, batches) = opened?;
-        // Dictionaries are sent as dictionaries: a read returns exactly the types written.
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .with_dictionary_handling(DictionaryHandling::Resend)
-            .build(batches.map_err(|e| FlightError::Tonic(Box::new(Status::from(e)))))
-            .map_err(|e| match e {
-                FlightError::Tonic(status) => *status,
-                other => Status::internal(other.to_string()),
-            });
+        let messages = self.read(request).await?;
+        let stream = messages
+            .map_ok(IpcMessage::into_flight_data)
+            .map_err(Status::from);
         Ok(Response::new(stream.boxed()))
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow_flight::{FlightDescriptor, Ticket};
 use arrow_schema::Schema;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use quiver::protocol::pb;
 use serde_json::json;
@@ -1116,4 +1116,44 @@ async fn stalled_puts_time_out() {
     assert!(err.message().contains("put_idle_timeout_secs"), "{err}");
     assert!(server.files().is_empty(), "{:?}", server.files());
     drop(tx);
+}
+
+/// A read that fails half-way ends the stream with the error after the batches before it:
+/// a client never takes a truncated read for the whole asset.
+#[tokio::test]
+async fn a_read_failing_mid_stream_reports_the_error_after_its_batches() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let batch = numbered(7, 40_000);
+    put(
+        &mut client,
+        path(&["json", "feeds", "broken"]),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await
+    .unwrap();
+    // Damaged on disk after the commit: the first read batches are fine, a later one is not.
+    let file = server.data_dir().join("json/feeds/broken.json");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("{\"id\": this is not json}\n");
+    std::fs::write(&file, text).unwrap();
+
+    let mut stream = client
+        .do_get(Ticket::new(
+            json!({"target": "json", "asset": "feeds/broken"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let mut rows = 0;
+    let err = loop {
+        match stream.next().await {
+            Some(Ok(batch)) => rows += batch.num_rows(),
+            Some(Err(e)) => break status(e),
+            None => panic!("the damaged read ended as if complete after {rows} rows"),
+        }
+    };
+    assert!(rows > 0 && rows < 40_000, "{rows} rows before the error");
+    assert_ne!(err.code(), Code::Ok);
+    assert!(err.message().contains("json"), "{err:?}");
 }

@@ -134,6 +134,45 @@ def test_streamed_put_of_many_batches(client):
     assert got.equals(t)
 
 
+@pytest.mark.parametrize("target", ["parquet", "arrow", "duckdb"])
+def test_large_reads_arrive_in_messages_of_about_two_mebibytes(client, target):
+    """A read is streamed in ~2 MiB messages (what gRPC clients accept by default), whatever
+    the stored batch size, and a dictionary column changing between batches reads back."""
+    n = 400_000
+    colours = pa.array(["red", "green", "blue", "cyan", "teal"])
+    batches = [
+        pa.record_batch(
+            {
+                "id": pa.array(range(start, start + 100_000), pa.int64()),
+                "text": pa.array([f"row {i} with some words in it" for i in range(start, start + 100_000)]),
+                "colour": pa.DictionaryArray.from_arrays(
+                    pa.array([i % 2 for i in range(100_000)], pa.int32()), colours[start // 100_000 :][:2]
+                ),
+            }
+        )
+        for start in range(0, n, 100_000)
+    ]
+    t = pa.Table.from_batches(batches)
+    if target == "arrow":
+        # An Arrow IPC file keeps one dictionary per column across its batches.
+        t = t.unify_dictionaries()
+    put(client, fl.FlightDescriptor.for_path(target, "wide"), t)
+    reader = client.do_get(fl.Ticket(json.dumps({"target": target, "asset": "wide"})))
+    chunks = []
+    while True:
+        try:
+            chunks.append(reader.read_chunk().data)
+        except StopIteration:
+            break
+    got = pa.Table.from_batches(chunks)
+    assert got.num_rows == n
+    assert len(chunks) >= 8, f"{t.nbytes} bytes came in {len(chunks)} messages"
+    assert max(c.nbytes for c in chunks) < 3 * 1024 * 1024
+    assert got.column("id").to_pylist() == list(range(n))
+    assert got.column("text").equals(t.column("text"))
+    assert got.column("colour").to_pylist() == t.column("colour").to_pylist()
+
+
 def test_partitions_and_projection(client):
     for day, rows in [("2024-01-01", 2), ("2024-01-02", 3)]:
         t = pa.table({"day": [day] * rows, "n": list(range(rows))})
