@@ -155,8 +155,14 @@ fn too_large(what: &str, size: usize, limit: usize) -> Status {
 const DATA_HEADER: u32 = 2;
 const DATA_BODY: u32 = 1000;
 
-/// The gRPC message for `message` (a `FlightData`): a head, then the body's pieces.
-fn frame(message: IpcMessage, limit: usize) -> Result<(Bytes, Vec<Bytes>), Status> {
+/// Body pieces smaller than this are copied into the chunk before them rather than sent as
+/// chunks of their own: padding, validity bitmaps and small columns would otherwise each
+/// become an HTTP/2 frame.
+const COPY_BELOW: usize = 4096;
+
+/// The gRPC message for `message` (a `FlightData`) as chunks to send in order: the head,
+/// then the body, large pieces as they are.
+fn frame(message: IpcMessage, limit: usize) -> Result<Vec<Bytes>, Status> {
     let field = |number: u32, len: usize| {
         if len == 0 {
             0
@@ -184,15 +190,30 @@ fn frame(message: IpcMessage, limit: usize) -> Result<(Bytes, Vec<Bytes>), Statu
         encode_key(DATA_BODY, WireType::LengthDelimited, &mut head);
         encode_varint(body_len as u64, &mut head);
     }
-    Ok((head.freeze(), message.body))
+    let mut chunks = Vec::new();
+    let mut copied = head;
+    for piece in message.body {
+        if piece.len() < COPY_BELOW {
+            copied.extend_from_slice(&piece);
+            continue;
+        }
+        if !copied.is_empty() {
+            chunks.push(copied.split().freeze());
+        }
+        chunks.push(piece);
+    }
+    if !copied.is_empty() {
+        chunks.push(copied.freeze());
+    }
+    Ok(chunks)
 }
 
 /// The response body: each message's head and body, then the trailers with the call's status.
 struct Frames {
     messages: BoxStream<'static, crate::Result<IpcMessage>>,
     limit: usize,
-    /// The body pieces of the message whose head went out last, still to send.
-    body: VecDeque<Bytes>,
+    /// The chunks of the current message still to send.
+    chunks: VecDeque<Bytes>,
     done: bool,
 }
 
@@ -201,7 +222,7 @@ impl Frames {
         Self {
             messages,
             limit,
-            body: VecDeque::new(),
+            chunks: VecDeque::new(),
             done: false,
         }
     }
@@ -215,17 +236,20 @@ impl http_body::Body for Frames {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(piece) = self.body.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if self.done {
             return Poll::Ready(None);
         }
         let status = match std::task::ready!(self.messages.poll_next_unpin(cx)) {
             Some(Ok(data)) => match frame(data, self.limit) {
-                Ok((head, body)) => {
-                    self.body = body.into();
-                    return Poll::Ready(Some(Ok(Frame::data(head))));
+                Ok(chunks) => {
+                    self.chunks = chunks.into();
+                    if let Some(chunk) = self.chunks.pop_front() {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
+                    return self.poll_frame(cx);
                 }
                 Err(status) => status,
             },
@@ -244,7 +268,7 @@ impl http_body::Body for Frames {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.body.is_empty()
+        self.done && self.chunks.is_empty()
     }
 }
 
@@ -272,9 +296,11 @@ mod tests {
     }
 
     /// What a gRPC client reads: the prefix, then the message.
-    fn parse(head: &Bytes, body: &[Bytes]) -> FlightData {
-        let mut whole = BytesMut::from(&head[..]);
-        body.iter().for_each(|piece| whole.extend_from_slice(piece));
+    fn parse(chunks: &[Bytes]) -> FlightData {
+        let mut whole = BytesMut::new();
+        chunks
+            .iter()
+            .for_each(|chunk| whole.extend_from_slice(chunk));
         assert_eq!(whole.get_u8(), 0, "not compressed");
         let length = whole.get_u32() as usize;
         assert_eq!(length, whole.len());
@@ -283,19 +309,24 @@ mod tests {
 
     #[test]
     fn a_framed_message_decodes_to_the_same_flight_data() {
-        let cases: [&[&'static [u8]]; 4] =
-            [&[], &[b"x"], &[&[7u8; 300], b"tail"], &[&[1u8; 70_000]]];
-        for pieces in cases {
+        static BIG: [u8; 70_000] = [1; 70_000];
+        static MEDIUM: [u8; 5000] = [2; 5000];
+        let cases: [(&[&'static [u8]], usize); 5] = [
+            (&[], 1),
+            (&[b"x"], 1),
+            (&[&[7u8; 300], b"tail"], 1),
+            (&[&BIG], 2),
+            (&[b"pad", &BIG, b"pad", b"pad", &MEDIUM, b"end"], 5),
+        ];
+        for (pieces, count) in cases {
             let sent = message(pieces);
-            let (head, body) = frame(sent.clone(), usize::MAX).unwrap();
-            // The pieces are the sender's own allocations, not copies.
-            assert_eq!(body, sent.body);
-            assert!(
-                body.iter()
-                    .zip(pieces)
-                    .all(|(b, p)| b.as_ptr() == p.as_ptr())
-            );
-            assert_eq!(parse(&head, &body), sent.into_flight_data());
+            let chunks = frame(sent.clone(), usize::MAX).unwrap();
+            assert_eq!(chunks.len(), count, "{} pieces", pieces.len());
+            // Large pieces are sent from the sender's own memory, not copied.
+            for large in pieces.iter().filter(|p| p.len() >= COPY_BELOW) {
+                assert!(chunks.iter().any(|c| c.as_ptr() == large.as_ptr()));
+            }
+            assert_eq!(parse(&chunks), sent.into_flight_data());
         }
     }
 
@@ -324,17 +355,13 @@ mod tests {
         ])
         .boxed();
         let frames = all_frames(messages).await;
-        assert_eq!(frames.len(), 4, "head, two body pieces, trailers");
-        let head = frames[0].data_ref().unwrap();
-        let body = [
-            frames[1].data_ref().unwrap().clone(),
-            frames[2].data_ref().unwrap().clone(),
-        ];
+        assert_eq!(frames.len(), 2, "the message, then the trailers");
+        let chunk = frames[0].data_ref().unwrap().clone();
         assert_eq!(
-            parse(head, &body),
+            parse(&[chunk]),
             message(&[b"first body"]).into_flight_data()
         );
-        let trailers = frames[3].trailers_ref().unwrap();
+        let trailers = frames[1].trailers_ref().unwrap();
         assert_eq!(trailers["grpc-status"], "9");
         assert!(
             trailers["grpc-message"]
