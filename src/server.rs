@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use self::do_get::{FlightRoutes, MessageLimits};
+use self::do_get::FlightRoutes;
 use crate::auth::Authenticator;
 use crate::catalog::{Catalog, PostgresCatalog, SqliteCatalog};
 use crate::config::{Config, TlsConfig};
@@ -108,14 +108,7 @@ pub async fn serve_on(
         service.targets().clone(),
         Arc::clone(&metrics),
     ));
-    let limit = config.limits.max_message_bytes;
-    let flight = FlightRoutes::new(
-        service,
-        MessageLimits {
-            decoding: limit,
-            encoding: limit,
-        },
-    );
+    let flight = FlightRoutes::new(service, config.limits.max_message_bytes);
     let addr = listener
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the listen address: {e}")))?;

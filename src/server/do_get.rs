@@ -36,25 +36,19 @@ use crate::service::{IpcMessage, QuiverService};
 pub struct FlightRoutes {
     generated: FlightServiceServer<QuiverService>,
     service: QuiverService,
-    limits: MessageLimits,
-}
-
-/// The largest gRPC messages accepted and sent, as configured for the generated server.
-#[derive(Clone, Copy, Debug)]
-pub struct MessageLimits {
-    pub decoding: usize,
-    pub encoding: usize,
+    /// The largest gRPC message accepted or sent (`limits.max_message_bytes`).
+    max_message_bytes: usize,
 }
 
 impl FlightRoutes {
-    pub fn new(service: QuiverService, limits: MessageLimits) -> Self {
+    pub fn new(service: QuiverService, max_message_bytes: usize) -> Self {
         let generated = FlightServiceServer::new(service.clone())
-            .max_decoding_message_size(limits.decoding)
-            .max_encoding_message_size(limits.encoding);
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
         Self {
             generated,
             service,
-            limits,
+            max_message_bytes,
         }
     }
 }
@@ -79,9 +73,9 @@ impl Service<http::Request<Body>> for FlightRoutes {
             return self.generated.call(request);
         }
         let service = self.service.clone();
-        let limits = self.limits;
+        let limit = self.max_message_bytes;
         Box::pin(async move {
-            Ok(match do_get(service, request, limits).await {
+            Ok(match do_get(service, request, limit).await {
                 Ok(response) => response,
                 Err(status) => status.into_http(),
             })
@@ -92,17 +86,17 @@ impl Service<http::Request<Body>> for FlightRoutes {
 async fn do_get(
     service: QuiverService,
     request: http::Request<Body>,
-    limits: MessageLimits,
+    limit: usize,
 ) -> Result<http::Response<Body>, Status> {
     let (parts, body) = request.into_parts();
-    let ticket = read_message(body, limits.decoding).await?;
+    let ticket = read_message(body, limit).await?;
     let request = Request::from_parts(
         MetadataMap::from_headers(parts.headers),
         parts.extensions,
         ticket,
     );
     let messages = service.read(request).await?;
-    let mut response = http::Response::new(Body::new(Frames::new(messages, limits.encoding)));
+    let mut response = http::Response::new(Body::new(Frames::new(messages, limit)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
