@@ -6,6 +6,7 @@ mod conformance;
 
 use std::sync::Arc;
 
+use arrow_array::builder::{BinaryViewBuilder, StringViewBuilder};
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use serde_json::json;
@@ -147,6 +148,69 @@ async fn duckdb_keeps_row_order_across_many_batches() {
         )
         .unwrap();
     assert_eq!(views, 0, "the put's scan view does not outlive it");
+}
+
+/// View columns go to DuckDB as they arrive (DuckDB reads Arrow's string views itself): short
+/// values held inline, long ones in several data buffers, nulls and a sliced batch all come
+/// back exactly, and the table holds plain VARCHAR / BLOB columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_stores_view_columns_exactly() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let rows = 3000i64;
+    let text = |i: i64| match i % 4 {
+        0 => None,
+        1 => Some(format!("s{i}")),
+        2 => Some(format!("a value longer than twelve bytes, number {i}")),
+        _ => Some(String::new()),
+    };
+    // Small blocks: the long values spread over many data buffers.
+    let mut strings = StringViewBuilder::new().with_fixed_block_size(4096);
+    let mut bytes = BinaryViewBuilder::new().with_fixed_block_size(4096);
+    for i in 0..rows {
+        strings.append_option(text(i));
+        bytes.append_option(text(i).map(|t| [t.as_bytes(), &[0u8, 255]].concat()));
+    }
+    let whole = batch(vec![
+        ("id", ids(&(0..rows).collect::<Vec<_>>()), false),
+        ("s", Arc::new(strings.finish()), true),
+        ("b", Arc::new(bytes.finish()), true),
+    ]);
+    // The second batch is a slice: its views start past the first row of their buffers.
+    let batches = vec![whole.slice(0, 1000), whole.slice(1000, 2000)];
+    let result = put(
+        &mut client,
+        cmd(json!({"target": "duckdb", "asset": "views/text"})),
+        whole.schema(),
+        batches,
+    )
+    .await
+    .unwrap();
+    assert_eq!(result["rows"], rows);
+    let (schema, got) = get(
+        &mut client,
+        json!({"target": "duckdb", "asset": "views/text"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        schema,
+        whole.schema(),
+        "the view types are read back as sent"
+    );
+    let got = concat(&schema, &got);
+    assert_eq!(got, whole);
+    let dir = server.stop().await;
+    let db = duckdb::Connection::open(dir.path().join("data/quiver.duckdb")).unwrap();
+    let (kind, value): (String, String) = db
+        .query_row(
+            "SELECT typeof(s), s FROM views.text WHERE id = 2998",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(kind, "VARCHAR");
+    assert_eq!(value, "a value longer than twelve bytes, number 2998");
 }
 
 /// Append, upsert (last duplicate wins), schema evolution and its refusals, null keys.

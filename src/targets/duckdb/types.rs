@@ -15,9 +15,9 @@ pub fn storage_type(data_type: &DataType) -> Result<DataType, String> {
     use DataType::*;
     Ok(match data_type {
         Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Float32
-        | Float64 | Utf8 | Binary | Date32 => data_type.clone(),
-        LargeUtf8 | Utf8View => Utf8,
-        LargeBinary | BinaryView => Binary,
+        | Float64 | Utf8 | Utf8View | Binary | BinaryView | Date32 => data_type.clone(),
+        LargeUtf8 => Utf8,
+        LargeBinary => Binary,
         Float16 => Float32,
         Date64 => Date32,
         Null => Int32,
@@ -65,8 +65,8 @@ pub fn sql_type(data_type: &DataType) -> Result<String, String> {
         UInt64 => "UBIGINT".into(),
         Float32 => "FLOAT".into(),
         Float64 => "DOUBLE".into(),
-        Utf8 => "VARCHAR".into(),
-        Binary => "BLOB".into(),
+        Utf8 | Utf8View => "VARCHAR".into(),
+        Binary | BinaryView => "BLOB".into(),
         Date32 => "DATE".into(),
         Time64(TimeUnit::Microsecond) => "TIME".into(),
         Timestamp(TimeUnit::Second, None) => "TIMESTAMP_S".into(),
