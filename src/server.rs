@@ -2,6 +2,8 @@
 //! signal, so tests run servers in-process on port 0.
 
 mod do_get;
+mod do_put;
+mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use self::do_get::FlightRoutes;
+use self::routes::FlightRoutes;
 use crate::auth::Authenticator;
 use crate::catalog::{Catalog, PostgresCatalog, SqliteCatalog};
 use crate::config::{Config, TlsConfig};

@@ -44,6 +44,9 @@ use crate::targets::{
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// A DoPut request's messages, as tonic or the server's own DoPut route decoded them.
+pub type PutStream = BoxStream<FlightData>;
+
 /// The actions DoAction understands, with the description ListActions gives.
 const ACTIONS: [(&str, &str); 4] = [
     (
@@ -173,6 +176,55 @@ impl QuiverService {
         }
     }
 
+    /// DoPut's work: streams the request's batches into the target and commits, answering
+    /// with the put's summary. The server's own DoPut route (see `server::do_put`) and the
+    /// `FlightService` method both call it.
+    #[tracing::instrument(skip_all, fields(target, asset, rows))]
+    pub async fn put(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        input: PutStream,
+    ) -> Result<PutResult, Status> {
+        // The put runs in its own task so that a client going away cannot drop it half-way:
+        // the task sees the broken stream and aborts the writer.
+        let caller = self.inner.auth.authenticate(metadata)?;
+        let inner = Arc::clone(&self.inner);
+        let span = Span::current();
+        let started = Instant::now();
+        let deadline = call_deadline(metadata, started);
+        let seen = Arc::new(OnceLock::new());
+        let task_seen = Arc::clone(&seen);
+        // Dropped with this handler: tells the task the call is over.
+        let (_call, alive) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            async move {
+                let mut call = Call {
+                    handler: alive,
+                    deadline,
+                };
+                inner.put(input, &caller, &task_seen, &mut call).await
+            }
+            .instrument(span),
+        );
+        let result = task.await.map_err(Error::from).and_then(|r| r);
+        let (rows, bytes) = match &result {
+            Ok(s) if !s.replayed => (s.rows, s.bytes),
+            _ => (0, 0),
+        };
+        self.inner.metrics.put_finished(
+            seen.get().map_or("unknown", String::as_str),
+            status_label(&result),
+            started.elapsed(),
+            rows,
+            bytes,
+        );
+        let summary = result?;
+        let reply = serde_json::to_vec(&summary).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(PutResult {
+            app_metadata: reply.into(),
+        })
+    }
+
     /// DoGet's work: the asset's Arrow IPC messages, whose bodies share the read batches'
     /// buffers. The server frames them itself (see `server::do_get`); the `FlightService`
     /// method copies each into one `FlightData`.
@@ -195,11 +247,19 @@ impl QuiverService {
     }
 }
 
+/// The put's error for a broken or undecodable request stream. The stream's own status
+/// says whose fault it was: a message over the size limit or malformed is the client's, any
+/// other break (a reset, a lost connection) means the client went away.
 fn flight_error(err: FlightError) -> Error {
     match err {
-        FlightError::Tonic(status) => Error::Cancelled {
-            message: status.message().to_string(),
-        },
+        FlightError::Tonic(status) => {
+            let message = status.message().to_string();
+            match status.code() {
+                tonic::Code::ResourceExhausted => Error::ResourceExhausted { message },
+                tonic::Code::InvalidArgument => Error::invalid_data(message),
+                _ => Error::Cancelled { message },
+            }
+        }
         other => Error::invalid_data(format!("the DoPut stream could not be decoded: {other}")),
     }
 }
@@ -258,20 +318,20 @@ impl Inner {
     /// Runs one DoPut from the first message to the commit.
     async fn put(
         &self,
-        mut input: Streaming<FlightData>,
+        mut input: PutStream,
         caller: &Principal,
         seen: &OnceLock<String>,
         call: &mut Call,
     ) -> Result<PutSummary> {
         let started = Instant::now();
-        let first = match input.message().await {
-            Ok(Some(first)) => first,
-            Ok(None) => {
+        let first = match input.next().await {
+            Some(Ok(first)) => first,
+            None => {
                 return Err(Error::invalid_request(
                     "the DoPut stream is empty; send a FlightDescriptor and a schema first",
                 ));
             }
-            Err(status) => return Err(flight_error(FlightError::Tonic(Box::new(status)))),
+            Some(Err(status)) => return Err(flight_error(FlightError::Tonic(Box::new(status)))),
         };
         let descriptor = first.flight_descriptor.clone().ok_or_else(|| {
             Error::invalid_request(
@@ -1029,51 +1089,13 @@ impl FlightService for QuiverService {
         Ok(Response::new(stream.boxed()))
     }
 
-    #[tracing::instrument(skip_all, fields(target, asset, rows))]
     async fn do_put(
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        // The put runs in its own task so that a client going away cannot drop it half-way:
-        // the task sees the broken stream and aborts the writer.
-        let caller = self.inner.auth.authenticate(request.metadata())?;
-        let inner = Arc::clone(&self.inner);
-        let span = Span::current();
-        let started = Instant::now();
-        let deadline = call_deadline(request.metadata(), started);
-        let seen = Arc::new(OnceLock::new());
-        let task_seen = Arc::clone(&seen);
-        // Dropped with this handler: tells the task the call is over.
-        let (_call, alive) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            async move {
-                let mut call = Call {
-                    handler: alive,
-                    deadline,
-                };
-                inner
-                    .put(request.into_inner(), &caller, &task_seen, &mut call)
-                    .await
-            }
-            .instrument(span),
-        );
-        let result = task.await.map_err(Error::from).and_then(|r| r);
-        let (rows, bytes) = match &result {
-            Ok(s) if !s.replayed => (s.rows, s.bytes),
-            _ => (0, 0),
-        };
-        self.inner.metrics.put_finished(
-            seen.get().map_or("unknown", String::as_str),
-            status_label(&result),
-            started.elapsed(),
-            rows,
-            bytes,
-        );
-        let summary = result?;
-        let metadata = serde_json::to_vec(&summary).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(once(PutResult {
-            app_metadata: metadata.into(),
-        })))
+        let (metadata, _, input) = request.into_parts();
+        let result = self.put(&metadata, input.boxed()).await?;
+        Ok(Response::new(once(result)))
     }
 
     #[tracing::instrument(skip_all, fields(action))]

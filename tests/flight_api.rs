@@ -915,6 +915,35 @@ async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
     .expect("admitted once the first put finished");
 }
 
+/// A batch larger than `limits.max_message_bytes` is refused as the message arrives, and the
+/// put writes nothing; batches under the limit pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_refused_and_writes_nothing() {
+    let server = TestServer::start_with_toml("[limits]\nmax_message_bytes = 65536\n").await;
+    let mut client = server.client().await;
+    let small = numbered(0, 100);
+    let large = numbered(1, 20_000);
+    let refused = put(
+        &mut client,
+        path(&["parquet", "sized"]),
+        small.schema(),
+        vec![small.clone(), large],
+    )
+    .await;
+    assert_status(refused, Code::ResourceExhausted, "limits.max_message_bytes");
+    let missing = get(&mut client, json!({"target": "parquet", "asset": "sized"})).await;
+    assert_status(missing, Code::NotFound, "sized");
+    let result = put(
+        &mut client,
+        path(&["parquet", "sized"]),
+        small.schema(),
+        vec![small.clone(), small],
+    )
+    .await
+    .unwrap();
+    assert_eq!(result["rows"], 200);
+}
+
 /// Encodes `batches` (schema first) under `descriptor` as the messages of one DoPut.
 fn encoded(
     descriptor: Option<FlightDescriptor>,

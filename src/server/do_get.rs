@@ -1,89 +1,27 @@
 //! DoGet responses framed here, so batch buffers reach the socket without a copy.
 //!
 //! tonic encodes each response message into its own buffer, so every batch body — the bulk
-//! of a DoGet — would be copied after the IPC encoder laid it out. [`FlightRoutes`] answers
-//! DoGet itself: [`QuiverService::read`] gives the asset's IPC messages with their bodies in
+//! of a DoGet — would be copied after the IPC encoder laid it out. The server answers DoGet
+//! itself (see [`super::routes`]): [`QuiverService::read`] gives the asset's IPC messages with their bodies in
 //! pieces that share the batches' buffers, and each becomes one gRPC message (a `FlightData`
 //! on the wire) written as a small head — the 5-byte prefix, the `data_header` field, the
 //! `data_body` tag and length — followed by those pieces, which hyper hands to the socket as
-//! they are. Every other call goes to tonic's generated server unchanged.
+//! they are.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use std::collections::VecDeque;
-
-use arrow_flight::flight_service_server::FlightServiceServer;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
-use http_body::{Body as _, Frame};
+use http_body::Body as _;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::{Request, Status};
-use tower::Service;
 
+use super::routes::{self, too_large};
 use crate::service::{IpcMessage, QuiverService};
 
-/// The Flight service: DoGet framed here, everything else by tonic's generated server.
-#[derive(Clone)]
-pub struct FlightRoutes {
-    generated: FlightServiceServer<QuiverService>,
-    service: QuiverService,
-    /// The largest gRPC message accepted or sent (`limits.max_message_bytes`).
-    max_message_bytes: usize,
-}
-
-impl FlightRoutes {
-    pub fn new(service: QuiverService, max_message_bytes: usize) -> Self {
-        let generated = FlightServiceServer::new(service.clone())
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes);
-        Self {
-            generated,
-            service,
-            max_message_bytes,
-        }
-    }
-}
-
-impl NamedService for FlightRoutes {
-    const NAME: &'static str = <FlightServiceServer<QuiverService> as NamedService>::NAME;
-}
-
-const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
-
-impl Service<http::Request<Body>> for FlightRoutes {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != DO_GET {
-            return self.generated.call(request);
-        }
-        let service = self.service.clone();
-        let limit = self.max_message_bytes;
-        Box::pin(async move {
-            Ok(match do_get(service, request, limit).await {
-                Ok(response) => response,
-                Err(status) => status.into_http(),
-            })
-        })
-    }
-}
-
-async fn do_get(
+pub async fn do_get(
     service: QuiverService,
     request: http::Request<Body>,
     limit: usize,
@@ -96,12 +34,8 @@ async fn do_get(
         ticket,
     );
     let messages = service.read(request).await?;
-    let mut response = http::Response::new(Body::new(Frames::new(messages, limit)));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    Ok(response)
+    let chunks = messages.map(move |message| frame(message.map_err(Status::from)?, limit));
+    Ok(routes::response(chunks.boxed()))
 }
 
 /// Reads a unary request: one uncompressed gRPC message.
@@ -136,13 +70,6 @@ async fn read_message<M: Message + Default>(body: Body, limit: usize) -> Result<
     }
     M::decode(buf.freeze())
         .map_err(|e| Status::invalid_argument(format!("the request is not a valid message: {e}")))
-}
-
-fn too_large(what: &str, size: usize, limit: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "the {what} message is {size} bytes, over the {limit}-byte limit \
-         (limits.max_message_bytes)"
-    ))
 }
 
 /// `FlightData`'s field numbers.
@@ -202,85 +129,16 @@ fn frame(message: IpcMessage, limit: usize) -> Result<Vec<Bytes>, Status> {
     Ok(chunks)
 }
 
-/// The response body: each message's head and body, then the trailers with the call's status.
-struct Frames {
-    messages: BoxStream<'static, crate::Result<IpcMessage>>,
-    limit: usize,
-    /// The chunks of the current message still to send.
-    chunks: VecDeque<Bytes>,
-    done: bool,
-}
-
-impl Frames {
-    fn new(messages: BoxStream<'static, crate::Result<IpcMessage>>, limit: usize) -> Self {
-        Self {
-            messages,
-            limit,
-            chunks: VecDeque::new(),
-            done: false,
-        }
-    }
-}
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(chunk) = self.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let status = match std::task::ready!(self.messages.poll_next_unpin(cx)) {
-            Some(Ok(data)) => match frame(data, self.limit) {
-                Ok(chunks) => {
-                    self.chunks = chunks.into();
-                    if let Some(chunk) = self.chunks.pop_front() {
-                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                    }
-                    return self.poll_frame(cx);
-                }
-                Err(status) => status,
-            },
-            Some(Err(e)) => Status::from(e),
-            None => Status::ok(""),
-        };
-        self.done = true;
-        let mut trailers = http::HeaderMap::new();
-        if let Err(unencodable) = status.add_header(&mut trailers) {
-            trailers.clear();
-            Status::new(status.code(), unencodable.message())
-                .add_header(&mut trailers)
-                .ok();
-        }
-        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.chunks.is_empty()
-    }
-}
-
-#[cfg(test)]
-impl futures::Stream for Frames {
-    type Item = Result<Frame<Bytes>, Status>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.poll_frame(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use arrow_flight::FlightData;
 
+    use futures::stream::BoxStream;
+    use http_body::Frame;
+
     use super::*;
     use crate::Error;
+    use crate::server::routes::Frames;
 
     fn message(pieces: &[&'static [u8]]) -> IpcMessage {
         IpcMessage {
@@ -334,7 +192,8 @@ mod tests {
     async fn all_frames(
         messages: BoxStream<'static, crate::Result<IpcMessage>>,
     ) -> Vec<Frame<Bytes>> {
-        Frames::new(messages, usize::MAX)
+        let chunks = messages.map(|message| frame(message.map_err(Status::from)?, usize::MAX));
+        Frames::new(chunks.boxed())
             .map(Result::unwrap)
             .collect()
             .await
