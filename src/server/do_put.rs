@@ -108,14 +108,6 @@ pub async fn do_put(
     pool: Arc<BodyPool>,
 ) -> Result<http::Response<Body>, Status> {
     let (parts, body) = request.into_parts();
-    if let Some(encoding) = parts.headers.get("grpc-encoding")
-        && encoding != "identity"
-    {
-        return Err(Status::unimplemented(format!(
-            "compressed DoPut requests ({}) are not supported; send the messages uncompressed",
-            String::from_utf8_lossy(encoding.as_bytes())
-        )));
-    }
     let metadata = MetadataMap::from_headers(parts.headers);
     let reply = service
         .put(&metadata, Messages::new(body, limit, pool).boxed())

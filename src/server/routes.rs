@@ -72,6 +72,9 @@ impl Service<http::Request<Body>> for FlightRoutes {
             return self.generated.call(request);
         }
         let get = path == DO_GET;
+        if let Err(status) = uncompressed(request.headers(), if get { "DoGet" } else { "DoPut" }) {
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let service = self.service.clone();
         let limit = self.max_message_bytes;
         let bodies = Arc::clone(&self.bodies);
@@ -83,6 +86,18 @@ impl Service<http::Request<Body>> for FlightRoutes {
             };
             Ok(answered.unwrap_or_else(|status| status.into_http()))
         })
+    }
+}
+
+/// Neither route decompresses: a request sent with `grpc-encoding` is refused, as tonic
+/// refuses it for the other calls.
+fn uncompressed(headers: &http::HeaderMap, rpc: &str) -> Result<(), Status> {
+    match headers.get("grpc-encoding") {
+        Some(encoding) if encoding != "identity" => Err(Status::unimplemented(format!(
+            "compressed {rpc} requests ({}) are not supported; send the messages uncompressed",
+            String::from_utf8_lossy(encoding.as_bytes())
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -168,5 +183,22 @@ impl futures::Stream for Frames {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         http_body::Body::poll_frame(self, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_requests_are_unimplemented() {
+        let mut headers = http::HeaderMap::new();
+        assert!(uncompressed(&headers, "DoPut").is_ok());
+        headers.insert("grpc-encoding", http::HeaderValue::from_static("identity"));
+        assert!(uncompressed(&headers, "DoPut").is_ok());
+        headers.insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+        let err = uncompressed(&headers, "DoGet").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        assert!(err.message().contains("DoGet requests (gzip)"), "{err}");
     }
 }
