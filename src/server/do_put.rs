@@ -147,6 +147,8 @@ struct Partial {
     /// Every field but `data_body`, as sent.
     fields: BytesMut,
     body: Option<PooledBody>,
+    /// Bytes before the body in its buffer (0 or 8): see [`body_shift`].
+    shift: usize,
     /// Bytes of the body still to come.
     body_left: usize,
 }
@@ -202,6 +204,7 @@ impl Messages {
                         remaining: length,
                         fields: BytesMut::new(),
                         body: None,
+                        shift: 0,
                         body_left: 0,
                     })
                 }
@@ -272,8 +275,11 @@ impl Partial {
         if field == DATA_BODY && wire_type == 2 {
             buf.advance(head);
             self.remaining -= head;
+            self.shift = body_shift(&self.fields);
+            let mut buffer = pool.take(self.shift + size);
+            buffer.extend_zeros(self.shift);
             self.body = Some(PooledBody {
-                buffer: Some(pool.take(size)),
+                buffer: Some(buffer),
                 pool: Arc::clone(pool),
             });
             self.body_left = size;
@@ -292,10 +298,49 @@ impl Partial {
         let mut data =
             FlightData::decode(self.fields.freeze()).map_err(|e| malformed(&e.to_string()))?;
         if let Some(body) = self.body {
-            data.data_body = Bytes::from_owner(body);
+            data.data_body = Bytes::from_owner(body).slice(self.shift..);
         }
         Ok(data)
     }
+}
+
+/// Where in its 64-byte aligned buffer a body starts: 0, or 8 when that puts more of the
+/// batch's 16-byte values (decimal128, string views) on 16-byte boundaries. Arrow C++ pads
+/// body buffers to 8 bytes only, so after an odd number of rows of an 8-byte column the
+/// 16-byte columns behind it sit 8 bytes off, and Arrow would copy each of them to align it.
+/// Reads the message's IPC header from `fields` (sent before the body); 0 without one.
+fn body_shift(fields: &[u8]) -> usize {
+    let Ok(data) = FlightData::decode(fields) else {
+        return 0;
+    };
+    let Ok(message) = arrow_ipc::root_as_message(&data.data_header) else {
+        return 0;
+    };
+    let batch = message.header_as_record_batch().or_else(|| {
+        message
+            .header_as_dictionary_batch()
+            .and_then(|dictionary| dictionary.data())
+    });
+    let Some(batch) = batch else {
+        return 0;
+    };
+    let (Some(buffers), Ok(rows)) = (batch.buffers(), u64::try_from(batch.length())) else {
+        return 0;
+    };
+    let mut off_by_eight = 0u64;
+    let mut aligned = 0u64;
+    for buffer in buffers.iter() {
+        // A buffer of 16 bytes per row holds 16-byte values.
+        if u64::try_from(buffer.length()).ok() != rows.checked_mul(16) || rows == 0 {
+            continue;
+        }
+        match buffer.offset().rem_euclid(16) {
+            0 => aligned += 1,
+            8 => off_by_eight += 1,
+            _ => {}
+        }
+    }
+    if off_by_eight > aligned { 8 } else { 0 }
 }
 
 /// A varint at the start of `bytes` and its length; `None` when it is not all there yet.
@@ -514,6 +559,60 @@ mod tests {
             .collect();
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert!(kept.iter().all(|&c| c < POOLED_BUFFER_BYTES));
+    }
+
+    /// Arrow C++ pads body buffers to 8 bytes: behind three rows of int64, a decimal column
+    /// starts 8 bytes off a 16-byte boundary. The body is placed so that it lands on one.
+    #[tokio::test]
+    async fn sixteen_byte_values_land_on_sixteen_byte_boundaries() {
+        use arrow_array::{Decimal128Array, Int64Array, RecordBatch};
+        use arrow_ipc::writer::{
+            DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
+        };
+
+        for rows in [3i64, 4] {
+            let batch = RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from_iter_values(0..rows)) as _),
+                (
+                    "price",
+                    Arc::new(
+                        Decimal128Array::from_iter_values((0..rows).map(i128::from))
+                            .with_precision_and_scale(15, 2)
+                            .unwrap(),
+                    ) as _,
+                ),
+            ])
+            .unwrap();
+            let options =
+                IpcWriteOptions::try_new(8, false, arrow_ipc::MetadataVersion::V5).unwrap();
+            let (_, encoded) = IpcDataGenerator::default()
+                .encode(
+                    &batch,
+                    &mut DictionaryTracker::new(false),
+                    &options,
+                    &mut IpcWriteContext::default(),
+                )
+                .unwrap();
+            let sent = FlightData {
+                flight_descriptor: None,
+                data_header: encoded.ipc_message.into(),
+                app_metadata: Bytes::new(),
+                data_body: encoded.arrow_data.into(),
+            };
+            let got = read(vec![Ok(framed(&sent.encode_to_vec()).into())], usize::MAX).await;
+            let got = got[0].as_ref().unwrap();
+            assert_eq!(got, &sent);
+            let message = arrow_ipc::root_as_message(&got.data_header).unwrap();
+            let buffers = message.header_as_record_batch().unwrap().buffers().unwrap();
+            let decimals = buffers.iter().find(|b| b.length() == 16 * rows).unwrap();
+            let address = got.data_body.as_ptr() as usize + decimals.offset() as usize;
+            assert_eq!(
+                address % 16,
+                0,
+                "{rows} rows: decimals at {}",
+                decimals.offset()
+            );
+        }
     }
 
     #[tokio::test]
