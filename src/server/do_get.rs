@@ -2,11 +2,11 @@
 //!
 //! tonic encodes each response message into its own buffer, so every batch body — the bulk
 //! of a DoGet — would be copied after the IPC encoder laid it out. The server answers DoGet
-//! itself (see [`super::routes`]): [`QuiverService::read`] gives the asset's IPC messages with their bodies in
-//! pieces that share the batches' buffers, and each becomes one gRPC message (a `FlightData`
-//! on the wire) written as a small head — the 5-byte prefix, the `data_header` field, the
-//! `data_body` tag and length — followed by those pieces, which hyper hands to the socket as
-//! they are.
+//! itself (see [`super::routes`]): [`QuiverService::read`] gives the asset's IPC messages
+//! with their bodies in pieces that share the batches' buffers, and each becomes one gRPC
+//! message (a `FlightData` on the wire) written as a small head — the 5-byte prefix, the
+//! `data_header` field, the `data_body` tag and length — followed by those pieces, which
+//! hyper hands to the socket as they are.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;

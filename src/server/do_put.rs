@@ -243,7 +243,7 @@ impl Partial {
         // The field cannot reach past the message.
         let window = &buf[..buf.len().min(self.remaining)];
         let whole = window.len() == self.remaining;
-        let incomplete = |whole: bool| {
+        let incomplete = || {
             if whole {
                 Err(malformed("a field runs past the end of the message"))
             } else {
@@ -251,19 +251,19 @@ impl Partial {
             }
         };
         let Some((key, key_len)) = varint(window)? else {
-            return incomplete(whole);
+            return incomplete();
         };
         let (field, wire_type) = (key >> 3, key & 7);
         let (head, size) = match wire_type {
             0 => match varint(&window[key_len..])? {
                 Some((_, len)) => (key_len + len, 0),
-                None => return incomplete(whole),
+                None => return incomplete(),
             },
             1 => (key_len, 8),
             5 => (key_len, 4),
             2 => match varint(&window[key_len..])? {
                 Some((len, len_len)) => (key_len + len_len, len as usize),
-                None => return incomplete(whole),
+                None => return incomplete(),
             },
             other => return Err(malformed(&format!("field {field} has wire type {other}"))),
         };
