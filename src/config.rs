@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub transport: TransportConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     /// TLS for the Flight endpoint; plaintext when absent.
     pub tls: Option<TlsConfig>,
@@ -70,6 +72,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             catalog: CatalogConfig::default(),
             limits: LimitsConfig::default(),
+            transport: TransportConfig::default(),
             metrics: MetricsConfig::default(),
             auth: None,
             tls: None,
@@ -284,6 +287,72 @@ fn default_max_concurrent_puts_per_target() -> usize {
 
 fn default_max_message_bytes() -> usize {
     DEFAULT_MAX_MESSAGE_BYTES
+}
+
+/// HTTP/2 settings of the Flight endpoint.
+///
+/// HTTP/2's defaults (64 KiB flow-control windows, 16 KiB frames) hold one put stream to a
+/// fraction of what loopback or a LAN carries. hyper's adaptive window grows towards 16 MiB
+/// from round-trip measurements, but slowly and not at all on short puts; fixed windows of
+/// that size and 1 MiB frames halved the time of a 500 MB put (docs/benchmarks.md). The
+/// windows bound what one stream or connection may have in flight, so they also bound the
+/// memory a slow writer lets a client fill.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Bytes a client may send on one stream before the server has read them.
+    #[serde(default = "default_window_bytes")]
+    pub stream_window_bytes: u32,
+    /// Bytes a client may send on one connection, over all its streams, before the server
+    /// has read them.
+    #[serde(default = "default_window_bytes")]
+    pub connection_window_bytes: u32,
+    /// Largest HTTP/2 frame the server accepts; clients send up to this much per frame.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            stream_window_bytes: default_window_bytes(),
+            connection_window_bytes: default_window_bytes(),
+            max_frame_bytes: default_max_frame_bytes(),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// HTTP/2's bounds (RFC 9113 §6.5.2, §6.9.1).
+    fn validate(&self) -> Result<()> {
+        const MIN_WINDOW: u32 = 65_535;
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        for (key, value) in [
+            ("stream_window_bytes", self.stream_window_bytes),
+            ("connection_window_bytes", self.connection_window_bytes),
+        ] {
+            if !(MIN_WINDOW..=MAX_WINDOW).contains(&value) {
+                return Err(Error::config(format!(
+                    "transport.{key} is {value}; HTTP/2 allows {MIN_WINDOW} to {MAX_WINDOW}"
+                )));
+            }
+        }
+        if !(16_384..=16_777_215).contains(&self.max_frame_bytes) {
+            return Err(Error::config(format!(
+                "transport.max_frame_bytes is {}; HTTP/2 allows 16384 to 16777215",
+                self.max_frame_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_window_bytes() -> u32 {
+    16 * 1024 * 1024
+}
+
+fn default_max_frame_bytes() -> u32 {
+    1024 * 1024
 }
 
 /// One target, selected by `kind`.
@@ -721,6 +790,7 @@ impl Config {
                 "limits.max_message_bytes must be at least 1024",
             ));
         }
+        self.transport.validate()?;
         if self.auth.is_none() && !self.listen.ip().is_loopback() {
             return Err(Error::config(format!(
                 "listening on {} without authentication: add an [auth] section with users or \
@@ -865,6 +935,31 @@ mod tests {
         let bad_ipc =
             Config::from_toml("[targets.a]\nkind = \"arrow\"\ncompression = \"gzip\"").unwrap();
         assert!(bad_ipc.validate().is_err());
+        for (text, key) in [
+            (
+                "stream_window_bytes = 1000",
+                "transport.stream_window_bytes is 1000",
+            ),
+            (
+                "connection_window_bytes = 2147483648",
+                "transport.connection_window_bytes",
+            ),
+            (
+                "max_frame_bytes = 16383",
+                "transport.max_frame_bytes is 16383",
+            ),
+            (
+                "max_frame_bytes = 16777216",
+                "HTTP/2 allows 16384 to 16777215",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("[transport]\n{text}"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
         for kind in ["parquet", "csv", "json"] {
             let no_threads =
                 Config::from_toml(&format!("[targets.a]\nkind = \"{kind}\"\nthreads = 0")).unwrap();

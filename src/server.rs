@@ -115,9 +115,11 @@ pub async fn serve_on(
         .local_addr()
         .map_err(|e| Error::internal(format!("reading the listen address: {e}")))?;
     info!(%addr, targets = ?config.resolved_targets().keys().collect::<Vec<_>>(), "quiver is serving Arrow Flight");
-    // HTTP/2's default 64 KiB flow-control windows hold one put stream to a fraction of what
-    // loopback or a LAN carries: let hyper size them from the measured bandwidth-delay product.
-    let mut builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
+    let transport = &config.transport;
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(transport.stream_window_bytes))
+        .initial_connection_window_size(Some(transport.connection_window_bytes))
+        .max_frame_size(Some(transport.max_frame_bytes));
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(tls_config(tls)?)

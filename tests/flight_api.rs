@@ -915,6 +915,57 @@ async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
     .expect("admitted once the first put finished");
 }
 
+/// How much a DoPut stream may send before the server reads it: the smaller of what the
+/// server grants per stream and per connection bounds it, as `[transport]` configures.
+async fn put_send_window(addr: std::net::SocketAddr, wanted: usize) -> usize {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{addr}/arrow.flight.protocol.FlightService/DoPut"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (_response, mut stream) = client.send_request(request, false).unwrap();
+    stream.reserve_capacity(wanted);
+    // The grant grows as the server's SETTINGS and WINDOW_UPDATE frames arrive; it has
+    // settled once nothing more comes for a while.
+    let mut granted = 0;
+    while let Ok(Some(Ok(capacity))) = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        std::future::poll_fn(|cx| stream.poll_capacity(cx)),
+    )
+    .await
+    {
+        granted = capacity;
+    }
+    granted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_streams_get_the_configured_flow_control_windows() {
+    let server = TestServer::start().await;
+    assert_eq!(put_send_window(server.addr, 64 << 20).await, 16 << 20);
+    server.stop().await;
+
+    let server = TestServer::start_with_toml(
+        "[transport]\nstream_window_bytes = 3000000\nconnection_window_bytes = 5000000",
+    )
+    .await;
+    assert_eq!(put_send_window(server.addr, 64 << 20).await, 3_000_000);
+    server.stop().await;
+
+    let server = TestServer::start_with_toml(
+        "[transport]\nstream_window_bytes = 3000000\nconnection_window_bytes = 2000000",
+    )
+    .await;
+    assert_eq!(put_send_window(server.addr, 64 << 20).await, 2_000_000);
+    server.stop().await;
+}
+
 /// A batch larger than `limits.max_message_bytes` is refused as the message arrives, and the
 /// put writes nothing; batches under the limit pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
