@@ -5,10 +5,14 @@
 //! instead, the uncompressed ones being the batch's own; [`IpcMessage`] keeps that list, so
 //! the server's DoGet framing can hand the pieces to the socket as they are.
 
-use arrow_array::RecordBatch;
+use std::sync::Arc;
+
+use arrow::array::ArrayData;
+use arrow_array::cast::AsArray;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_flight::FlightData;
 use arrow_ipc::writer::StreamEncoder;
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
@@ -99,19 +103,62 @@ pub fn encode(
 }
 
 /// `batch` cut into runs of rows of about [`MAX_MESSAGE_BYTES`] each.
+///
+/// A slice of a `utf8_view` / `binary_view` column keeps every data buffer of the column, and
+/// the IPC encoder writes them all into each message; the view columns of each slice are
+/// therefore compacted to the strings its rows use, or a batch cut in N would be sent with its
+/// strings N times.
 fn slices(batch: &RecordBatch) -> Vec<RecordBatch> {
     let rows = batch.num_rows();
     let bytes: usize = batch
         .columns()
         .iter()
-        .map(|column| column.to_data().get_slice_memory_size().unwrap_or(0))
+        .map(|column| message_bytes(&column.to_data()))
         .sum();
     let count = bytes.div_ceil(MAX_MESSAGE_BYTES).clamp(1, rows.max(1));
+    if count == 1 {
+        return vec![batch.clone()];
+    }
     let per_slice = rows.div_ceil(count).max(1);
-    (0..rows.max(1))
+    (0..rows)
         .step_by(per_slice)
-        .map(|offset| batch.slice(offset, per_slice.min(rows - offset)))
+        .map(|offset| compact_views(batch.slice(offset, per_slice.min(rows - offset))))
         .collect()
+}
+
+/// About what a column adds to a message. arrow's `get_slice_memory_size` counts a view
+/// array's data buffers by the capacity of the allocation each was cut from — for buffers
+/// decoded from one IPC body, the whole body per buffer — so views count here by the length
+/// of their buffers.
+fn message_bytes(data: &ArrayData) -> usize {
+    match data.data_type() {
+        DataType::Utf8View | DataType::BinaryView => {
+            let views = data.len() * std::mem::size_of::<u128>();
+            let nulls = data.nulls().map_or(0, |n| n.len().div_ceil(8));
+            let values: usize = data.buffers().iter().skip(1).map(|b| b.len()).sum();
+            views + nulls + values
+        }
+        _ if data.child_data().is_empty() => data.get_slice_memory_size().unwrap_or(0),
+        _ => {
+            let own: usize = data.buffers().iter().map(|b| b.len()).sum();
+            let nulls = data.nulls().map_or(0, |n| n.len().div_ceil(8));
+            own + nulls + data.child_data().iter().map(message_bytes).sum::<usize>()
+        }
+    }
+}
+
+/// `batch` with its top-level view columns holding only the strings their rows use.
+fn compact_views(batch: RecordBatch) -> RecordBatch {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| match column.data_type() {
+            DataType::Utf8View => Arc::new(column.as_string_view().gc()) as ArrayRef,
+            DataType::BinaryView => Arc::new(column.as_binary_view().gc()) as ArrayRef,
+            _ => Arc::clone(column),
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
 }
 
 /// Splits an IPC stream written as buffers into its messages. Each message is the
@@ -187,7 +234,9 @@ fn ipc_error(e: ArrowError) -> Error {
 mod tests {
     use std::sync::Arc;
 
-    use arrow_array::{ArrayRef, DictionaryArray, Int64Array, StringArray, types::Int32Type};
+    use arrow_array::{
+        ArrayRef, DictionaryArray, Int64Array, StringArray, StringViewArray, types::Int32Type,
+    };
     use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
     use arrow_flight::error::FlightError;
 
@@ -269,6 +318,50 @@ mod tests {
         let (schema, got) = decode(messages).await;
         let got = arrow_select::concat::concat_batches(&schema, &got).unwrap();
         assert_eq!(got, big);
+    }
+
+    /// A view column read from an IPC body (every data buffer a slice of that body) is cut
+    /// by the size of its strings, and each message carries only its own rows' strings.
+    #[tokio::test]
+    async fn view_columns_are_cut_by_their_strings_and_sent_once() {
+        let names: StringViewArray = (0..200_000)
+            .map(|i| Some(format!("a name that is not short, number {i}")))
+            .collect();
+        let sent = RecordBatch::try_from_iter([("name", Arc::new(names) as ArrayRef)]).unwrap();
+        let mut ipc = Vec::new();
+        let mut writer =
+            arrow_ipc::writer::StreamWriter::try_new(&mut ipc, &sent.schema()).unwrap();
+        writer.write(&sent).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        let decoded = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&ipc), None)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let view = decoded.column(0).to_data();
+        assert!(
+            view.buffers()[1].capacity() > view.buffers()[1].len(),
+            "the decoded data buffers should be slices of the message body"
+        );
+
+        let messages = encoded(vec![decoded]).await;
+        let sent_bytes: usize = messages.iter().map(IpcMessage::body_len).sum();
+        assert!(
+            messages.len() <= 2 + ipc.len().div_ceil(MAX_MESSAGE_BYTES),
+            "{} messages",
+            messages.len()
+        );
+        assert!(
+            sent_bytes < ipc.len() + ipc.len() / 4,
+            "{sent_bytes} bytes for {}",
+            ipc.len()
+        );
+        let (schema, got) = decode(messages).await;
+        assert_eq!(
+            arrow_select::concat::concat_batches(&schema, &got).unwrap(),
+            sent
+        );
     }
 
     #[tokio::test]
