@@ -1,7 +1,7 @@
 //! The `quiver` client commands: put, get, ls, rm and targets against a running server.
 
 use std::fs::File;
-use std::io::{BufReader, IsTerminal, Seek, Write};
+use std::io::{BufReader, BufWriter, IsTerminal, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -340,16 +340,24 @@ pub async fn get(
     Ok(rows)
 }
 
+/// The output file, written through a buffer: the Arrow IPC writer issues a write per column
+/// buffer and per padding (hundreds of thousands of system calls for a large string table).
+type Output = BufWriter<File>;
+
+/// Bytes gathered before each write to the output file.
+const OUTPUT_BUFFER: usize = 1 << 20;
+
 enum Writer {
-    Parquet(parquet::arrow::ArrowWriter<File>),
-    Csv(arrow_csv::Writer<File>),
-    Ndjson(arrow_json::LineDelimitedWriter<File>),
-    Arrow(arrow_ipc::writer::FileWriter<File>),
+    Parquet(parquet::arrow::ArrowWriter<Output>),
+    Csv(arrow_csv::Writer<Output>),
+    Ndjson(arrow_json::LineDelimitedWriter<Output>),
+    Arrow(arrow_ipc::writer::FileWriter<Output>),
 }
 
 impl Writer {
     fn new(format: FileFormat, file: File, schema: SchemaRef) -> Result<Self> {
         let fail = |e: String| Error::invalid_data(format!("cannot write this schema: {e}"));
+        let file = BufWriter::with_capacity(OUTPUT_BUFFER, file);
         Ok(match format {
             FileFormat::Parquet => Self::Parquet(
                 parquet::arrow::ArrowWriter::try_new(file, schema, None)
@@ -375,12 +383,16 @@ impl Writer {
     }
 
     fn finish(self) -> Result<()> {
-        let result = match self {
-            Self::Parquet(w) => w.close().map(|_| ()).map_err(|e| e.to_string()),
-            Self::Csv(w) => w.into_inner().flush().map_err(|e| e.to_string()),
-            Self::Ndjson(mut w) => w.finish().map_err(|e| e.to_string()),
-            Self::Arrow(mut w) => w.finish().map_err(|e| e.to_string()),
+        let output = match self {
+            Self::Parquet(w) => w.into_inner().map_err(|e| e.to_string()),
+            Self::Csv(w) => Ok(w.into_inner()),
+            Self::Ndjson(mut w) => w
+                .finish()
+                .map(|()| w.into_inner())
+                .map_err(|e| e.to_string()),
+            Self::Arrow(w) => w.into_inner().map_err(|e| e.to_string()),
         };
+        let result = output.and_then(|mut out| out.flush().map_err(|e| e.to_string()));
         result.map_err(|e| Error::invalid_data(format!("cannot finish the file: {e}")))
     }
 }
