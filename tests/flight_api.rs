@@ -919,7 +919,12 @@ async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
 /// server grants per stream and per connection bounds it, as `[transport]` configures.
 async fn put_send_window(addr: std::net::SocketAddr, wanted: usize) -> usize {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    // h2 caps what it grants a stream at its send buffer (400 KiB by default).
+    let (client, connection) = h2::client::Builder::new()
+        .max_send_buffer_size(wanted)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
     let request = http::Request::post(format!(
