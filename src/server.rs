@@ -134,7 +134,11 @@ pub async fn serve_on(
         .add_service(flight)
         .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx))
         .await;
+    // Wait for the prober to be dropped: it holds the targets, and a DuckDB database is only
+    // checkpointed and closed when the last handle goes, which should happen before this
+    // returns (a caller may open the file next).
     prober.abort();
+    let _ = prober.await;
     if let Some(http) = http {
         match http.await {
             Ok(Err(e)) => warn!(error = %e, "the metrics server failed"),
