@@ -915,9 +915,11 @@ async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
     .expect("admitted once the first put finished");
 }
 
-/// How much a DoPut stream may send before the server reads it: the smaller of what the
-/// server grants per stream and per connection bounds it, as `[transport]` configures.
-async fn put_send_window(addr: std::net::SocketAddr, wanted: usize) -> usize {
+/// How much a DoPut stream may send before the server reads it — the smaller of what the
+/// server grants per stream and per connection, as `[transport]` configures — once the grant
+/// reaches `expected` or stops growing.
+async fn put_send_window(addr: std::net::SocketAddr, expected: usize) -> usize {
+    let wanted = 64 << 20;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     // h2 caps what it grants a stream at its send buffer (400 KiB by default).
     let (client, connection) = h2::client::Builder::new()
@@ -936,16 +938,20 @@ async fn put_send_window(addr: std::net::SocketAddr, wanted: usize) -> usize {
     .unwrap();
     let (_response, mut stream) = client.send_request(request, false).unwrap();
     stream.reserve_capacity(wanted);
-    // The grant grows as the server's SETTINGS and WINDOW_UPDATE frames arrive; it has
-    // settled once nothing more comes for a while.
+    // The grant grows as the server's SETTINGS and WINDOW_UPDATE frames arrive. A grant
+    // beyond `expected` comes in the same frame that would reach it, so stopping there
+    // misses nothing; on a busy machine a frame may take seconds.
     let mut granted = 0;
-    while let Ok(Some(Ok(capacity))) = tokio::time::timeout(
-        std::time::Duration::from_millis(500),
-        std::future::poll_fn(|cx| stream.poll_capacity(cx)),
-    )
-    .await
-    {
-        granted = capacity;
+    while granted < expected {
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            std::future::poll_fn(|cx| stream.poll_capacity(cx)),
+        )
+        .await
+        {
+            Ok(Some(Ok(capacity))) => granted = capacity,
+            _ => break,
+        }
     }
     granted
 }
@@ -953,21 +959,21 @@ async fn put_send_window(addr: std::net::SocketAddr, wanted: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_streams_get_the_configured_flow_control_windows() {
     let server = TestServer::start().await;
-    assert_eq!(put_send_window(server.addr, 64 << 20).await, 16 << 20);
+    assert_eq!(put_send_window(server.addr, 16 << 20).await, 16 << 20);
     server.stop().await;
 
     let server = TestServer::start_with_toml(
         "[transport]\nstream_window_bytes = 3000000\nconnection_window_bytes = 5000000",
     )
     .await;
-    assert_eq!(put_send_window(server.addr, 64 << 20).await, 3_000_000);
+    assert_eq!(put_send_window(server.addr, 3_000_000).await, 3_000_000);
     server.stop().await;
 
     let server = TestServer::start_with_toml(
         "[transport]\nstream_window_bytes = 3000000\nconnection_window_bytes = 2000000",
     )
     .await;
-    assert_eq!(put_send_window(server.addr, 64 << 20).await, 2_000_000);
+    assert_eq!(put_send_window(server.addr, 2_000_000).await, 2_000_000);
     server.stop().await;
 }
 
