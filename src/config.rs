@@ -293,8 +293,8 @@ fn default_max_message_bytes() -> usize {
 ///
 /// HTTP/2's defaults (64 KiB flow-control windows, 16 KiB frames) hold one put stream to a
 /// fraction of what loopback or a LAN carries. hyper's adaptive window grows towards 16 MiB
-/// from round-trip measurements, but slowly and not at all on short puts; fixed windows of
-/// that size and 1 MiB frames halved the time of a 500 MB put (docs/benchmarks.md). The
+/// from round-trip measurements, and a put spent much of its time below that; fixed windows
+/// of that size and 1 MiB frames halved the transfer of a 500 MB put (docs/benchmarks.md). The
 /// windows bound what one stream or connection may have in flight, so they also bound the
 /// memory a slow writer lets a client fill.
 #[derive(Debug, Clone, Deserialize)]
