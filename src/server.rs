@@ -40,6 +40,9 @@ pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<Qui
         None => Arc::new(SqliteCatalog::open(&config.catalog_path())?),
     };
     let targets = Targets::from_config(&config.resolved_targets())?;
+    // Puts interrupted between a target's commit and the catalog's first, then the leftovers
+    // of puts that never reached their commit.
+    crate::service::recovery::settle_all(&targets, catalog.as_ref()).await;
     targets.recover(config.replicas > 1).await;
     let auth = Authenticator::from_config(config.auth.as_ref())?;
     Ok(QuiverService::new(

@@ -5,6 +5,7 @@
 
 mod decode;
 mod encode;
+pub mod recovery;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -32,7 +33,7 @@ use self::decode::BatchDecoder;
 pub use self::encode::IpcMessage;
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::auth::{Access, Authenticator, Principal};
-use crate::catalog::{AssetRecord, Catalog, Commit, Layout};
+use crate::catalog::{AssetRecord, Catalog, Commit, Layout, PendingPut};
 use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, status_label};
@@ -386,6 +387,10 @@ impl Inner {
         let _put = lock.put.lock().await;
         // Other servers sharing the catalog write this asset one at a time too.
         let _shared = self.catalog.lock_asset(&cmd.target, &cmd.asset).await?;
+        // A put to this asset that was interrupted between its target's commit and the
+        // catalog's is settled first, so this one starts from what is really stored (and a retry of
+        // it finds its idempotency key).
+        self.settle_pending(target.as_ref(), &lock, &cmd.asset).await?;
         if let Some(key) = &cmd.idempotency_key
             && let Some(previous) = self.catalog.replay(&cmd.target, &cmd.asset, key).await?
         {
@@ -404,6 +409,7 @@ impl Inner {
             _ => Arc::clone(&schema),
         };
 
+        let put_id = uuid::Uuid::new_v4().to_string();
         let request = WriteRequest {
             asset: cmd.asset.clone(),
             mode: cmd.mode,
@@ -413,39 +419,78 @@ impl Inner {
             options: cmd.options.clone(),
             schema: Arc::clone(&schema_after),
             existing: existing.as_ref().map(|r| Arc::clone(&r.schema)),
+            put_id: put_id.clone(),
         };
         let mut writer = target.begin(&request, Arc::clone(&schema)).await?;
         let pumped = pump(&mut decoder, writer.as_mut(), self.limits.idle)
             .await
-            .and_then(|()| call.ended().map_or(Ok(()), Err));
-        if let Err(e) = pumped {
+            .and_then(|rows| call.ended().map_or(Ok(rows), Err));
+        let prepared = match pumped {
+            Ok(rows) => writer.prepare().await.map(|mark| (rows, mark)),
+            Err(e) => Err(e),
+        };
+        let (rows, mark) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    warn!(error = %abort, "aborting a failed put also failed");
+                }
+                return Err(e);
+            }
+        };
+
+        // The commit protocol: the catalog holds the put as pending while the target commits,
+        // so a crash between the two commits is settled later from what the target holds.
+        let _visible = lock.visible.write().await;
+        let mut commit = Commit {
+            target: cmd.target.clone(),
+            asset: cmd.asset.clone(),
+            schema: schema_after,
+            partition: cmd.partition.clone(),
+            mode: cmd.mode,
+            rows,
+            bytes: 0,
+            location: target.location(&cmd.asset, cmd.partition.as_ref()),
+            asset_location: target.location(&cmd.asset, None),
+            duration_ms: 0,
+            idempotency_key: cmd.idempotency_key.clone(),
+            total_rows: None,
+            partition_columns: partition_column,
+            put_id: Some(put_id.clone()),
+        };
+        let pending = PendingPut {
+            id: put_id,
+            commit: commit.clone(),
+            mark,
+            started_at: chrono::Utc::now(),
+        };
+        if let Err(e) = self.catalog.begin_put(&pending).await {
             if let Err(abort) = writer.abort().await {
                 warn!(error = %abort, "aborting a failed put also failed");
             }
             return Err(e);
         }
-
-        let _visible = lock.visible.write().await;
-        let written = writer.commit().await?;
+        let written = match writer.commit().await {
+            Ok(written) => written,
+            Err(e) => {
+                // The commit may have landed all the same (a connection lost on COMMIT).
+                self.settle_now(target.as_ref(), pending).await;
+                return Err(e);
+            }
+        };
         let duration_ms = started.elapsed().as_millis() as u64;
-        let version = self
-            .catalog
-            .commit(Commit {
-                target: cmd.target.clone(),
-                asset: cmd.asset.clone(),
-                schema: schema_after,
-                partition: cmd.partition.clone(),
-                mode: cmd.mode,
-                rows: written.rows,
-                bytes: written.bytes,
-                location: written.location.clone(),
-                asset_location: target.location(&cmd.asset, None),
-                duration_ms,
-                idempotency_key: cmd.idempotency_key.clone(),
-                total_rows: written.total_rows,
-                partition_columns: partition_column,
-            })
-            .await?;
+        commit.rows = written.rows;
+        commit.bytes = written.bytes;
+        commit.location = written.location.clone();
+        commit.total_rows = written.total_rows;
+        commit.duration_ms = duration_ms;
+        let version = match self.catalog.commit(commit).await {
+            Ok(version) => version,
+            Err(e) => {
+                self.settle_now(target.as_ref(), pending).await;
+                return Err(e);
+            }
+        };
         Span::current().record("rows", written.rows);
         info!(
             version,
@@ -466,6 +511,33 @@ impl Inner {
             idempotency_key: cmd.idempotency_key,
             replayed: false,
         })
+    }
+
+    /// Settles the asset's puts that were interrupted between their target's commit and the
+    /// catalog's. The caller holds the asset's put locks.
+    async fn settle_pending(
+        &self,
+        target: &dyn Target,
+        lock: &AssetLock,
+        asset: &AssetKey,
+    ) -> Result<()> {
+        let interrupted = self.catalog.pending_puts(target.name(), Some(asset)).await?;
+        if !interrupted.is_empty() {
+            let _visible = lock.visible.write().await;
+            for put in interrupted {
+                recovery::settle(target, self.catalog.as_ref(), put).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles a put whose commit failed half-way, while its locks are held; if that fails
+    /// too, the put stays pending until the next start or the next put to the asset.
+    async fn settle_now(&self, target: &dyn Target, pending: PendingPut) {
+        let id = pending.id.clone();
+        if let Err(e) = recovery::settle(target, self.catalog.as_ref(), pending).await {
+            warn!(put = %id, error = %e, "could not settle a failed commit yet");
+        }
     }
 
     /// Refuses a put that conflicts with the asset's layout, its other partitions' schema, or
@@ -685,6 +757,8 @@ impl Inner {
             .catalog
             .lock_asset(&action.target, &action.asset)
             .await?;
+        self.settle_pending(target.as_ref(), &lock, &action.asset)
+            .await?;
         let _visible = lock.visible.write().await;
         let record = self.record(&action.target, &action.asset).await?;
         let partitions: Vec<Partition> = match &action.partition {
@@ -775,12 +849,13 @@ impl Inner {
     }
 }
 
-/// Feeds every decoded batch to the writer.
+/// Feeds every decoded batch to the writer; returns the rows fed.
 async fn pump(
     decoder: &mut BatchDecoder,
     writer: &mut dyn AssetWriter,
     idle: std::time::Duration,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut rows = 0;
     loop {
         let Ok(next) = tokio::time::timeout(idle, decoder.next()).await else {
             return Err(Error::Timeout {
@@ -793,7 +868,10 @@ async fn pump(
         };
         let Some(item) = next else { break };
         match item.map_err(flight_error)? {
-            DecodedPayload::RecordBatch(batch) => writer.write(batch).await?,
+            DecodedPayload::RecordBatch(batch) => {
+                rows += batch.num_rows() as u64;
+                writer.write(batch).await?
+            }
             DecodedPayload::Schema(_) => {
                 return Err(Error::invalid_data(
                     "the DoPut stream sent a second schema; one put carries one schema",
@@ -802,7 +880,7 @@ async fn pump(
             DecodedPayload::None => {}
         }
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// Reads and discards the rest of a stream (an idempotent replay still consumes its input).

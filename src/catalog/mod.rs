@@ -193,6 +193,102 @@ pub struct Commit {
     pub partition_columns: Option<PartitionColumns>,
     pub duration_ms: u64,
     pub idempotency_key: Option<String>,
+    /// The put this commit finishes: its [`PendingPut`] goes in the same transaction.
+    pub put_id: Option<String>,
+}
+
+/// A put whose outcome the target decides: recorded before the target makes its data visible,
+/// removed by the catalog commit that records it (or when the put is rolled back). One that
+/// is still here after a crash is resolved by asking the target whether its commit landed
+/// ([`crate::targets::Target::resolve`]): the catalog then records it or forgets it, so the
+/// catalog and the data always agree.
+#[derive(Debug, Clone)]
+pub struct PendingPut {
+    pub id: String,
+    /// The commit to record if the target has the data. `rows` is what the client sent;
+    /// `bytes`, `location` and `total_rows` are the target's to fill in.
+    pub commit: Commit,
+    /// What the target noted before its commit, to tell afterwards whether it landed (e.g.
+    /// the identity of the file the put replaces).
+    pub mark: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A pending put's fields other than its ids and schema, as the catalogs store them.
+#[derive(Serialize, serde::Deserialize)]
+struct PendingFields {
+    partition: Option<String>,
+    mode: Mode,
+    rows: u64,
+    bytes: u64,
+    location: String,
+    asset_location: String,
+    partition_columns: Option<PartitionColumns>,
+    duration_ms: u64,
+    idempotency_key: Option<String>,
+    mark: String,
+}
+
+/// A pending put as the catalogs store it: `(id, target, asset, schema, fields, started_at)`.
+pub(crate) type PendingRow = (String, String, String, Vec<u8>, String, String);
+
+impl PendingPut {
+    pub(crate) fn encode(&self) -> Result<PendingRow> {
+        let c = &self.commit;
+        let fields = PendingFields {
+            partition: c.partition.as_ref().map(Partition::id),
+            mode: c.mode,
+            rows: c.rows,
+            bytes: c.bytes,
+            location: c.location.clone(),
+            asset_location: c.asset_location.clone(),
+            partition_columns: c.partition_columns.clone(),
+            duration_ms: c.duration_ms,
+            idempotency_key: c.idempotency_key.clone(),
+            mark: self.mark.clone(),
+        };
+        Ok((
+            self.id.clone(),
+            c.target.clone(),
+            c.asset.to_string(),
+            encode_schema(&c.schema)?,
+            serde_json::to_string(&fields).map_err(|e| Error::catalog("recording a put", e))?,
+            self.started_at.to_rfc3339(),
+        ))
+    }
+
+    pub(crate) fn decode(row: PendingRow) -> Result<Self> {
+        let (id, target, asset, schema, fields, started_at) = row;
+        let fields: PendingFields = serde_json::from_str(&fields)
+            .map_err(|e| Error::catalog("reading a pending put", e))?;
+        Ok(Self {
+            commit: Commit {
+                target,
+                asset: AssetKey::parse(&asset)?,
+                schema: decode_schema(&schema)?,
+                partition: fields
+                    .partition
+                    .as_deref()
+                    .map(Partition::from_id)
+                    .transpose()?,
+                mode: fields.mode,
+                rows: fields.rows,
+                bytes: fields.bytes,
+                location: fields.location,
+                asset_location: fields.asset_location,
+                total_rows: None,
+                partition_columns: fields.partition_columns,
+                duration_ms: fields.duration_ms,
+                idempotency_key: fields.idempotency_key,
+                put_id: Some(id.clone()),
+            },
+            id,
+            mark: fields.mark,
+            started_at: DateTime::parse_from_rfc3339(&started_at)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| Error::catalog("reading a pending put", e))?,
+        })
+    }
 }
 
 #[async_trait]
@@ -219,6 +315,13 @@ pub trait Catalog: Send + Sync + 'static {
     async fn lock_asset(&self, _target: &str, _asset: &AssetKey) -> Result<AssetGuard> {
         Ok(Box::new(()))
     }
+    /// Records a put before its target commits (see [`PendingPut`]).
+    async fn begin_put(&self, put: &PendingPut) -> Result<()>;
+    /// Forgets a pending put whose target did not commit.
+    async fn abandon_put(&self, id: &str) -> Result<()>;
+    /// Pending puts into `target` (of one asset, if given), oldest first.
+    async fn pending_puts(&self, target: &str, asset: Option<&AssetKey>)
+    -> Result<Vec<PendingPut>>;
 }
 
 /// Serializes a schema as an Arrow IPC schema message, as Flight does.

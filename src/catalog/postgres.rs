@@ -12,8 +12,8 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    AssetGuard, AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, decode_schema,
-    encode_schema, parse_mode, unpartitioned_totals,
+    AssetGuard, AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, PendingPut,
+    decode_schema, encode_schema, parse_mode, unpartitioned_totals,
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
@@ -64,6 +64,14 @@ CREATE TABLE IF NOT EXISTS {schema}.history (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS history_idempotency
     ON {schema}.history (target, asset, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {schema}.pending_puts (
+    put_id      text    NOT NULL PRIMARY KEY,
+    target      text    NOT NULL,
+    asset       text    NOT NULL,
+    schema      bytea   NOT NULL,
+    fields      text    NOT NULL,
+    started_at  text    NOT NULL
+);
 ";
 
 /// Advisory lock id under which servers create the catalog tables one at a time.
@@ -434,6 +442,14 @@ impl Catalog for PostgresCatalog {
         )
         .await
         .map_err(db_err("recording history"))?;
+        if let Some(id) = &c.put_id {
+            tx.execute(
+                &self.sql("DELETE FROM {schema}.pending_puts WHERE put_id = $1"),
+                &[id],
+            )
+            .await
+            .map_err(db_err("finishing a pending put"))?;
+        }
         tx.commit().await.map_err(db_err("committing"))?;
         Ok(version as u64)
     }
@@ -555,6 +571,57 @@ impl Catalog for PostgresCatalog {
             .map_err(db_err("locking an asset"))?;
         lock.held = true;
         Ok(Box::new(lock))
+    }
+
+    async fn begin_put(&self, put: &PendingPut) -> Result<()> {
+        let (id, target, asset, schema, fields, started_at) = put.encode()?;
+        self.connect()
+            .await?
+            .execute(
+                &self.sql(
+                    "INSERT INTO {schema}.pending_puts (put_id, target, asset, schema, fields, started_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                ),
+                &[&id, &target, &asset, &schema, &fields, &started_at],
+            )
+            .await
+            .map_err(db_err("recording a pending put"))?;
+        Ok(())
+    }
+
+    async fn abandon_put(&self, id: &str) -> Result<()> {
+        self.connect()
+            .await?
+            .execute(
+                &self.sql("DELETE FROM {schema}.pending_puts WHERE put_id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(db_err("forgetting a pending put"))?;
+        Ok(())
+    }
+
+    async fn pending_puts(
+        &self,
+        target: &str,
+        asset: Option<&AssetKey>,
+    ) -> Result<Vec<PendingPut>> {
+        let asset = asset.map(AssetKey::to_string);
+        let rows = self
+            .connect()
+            .await?
+            .query(
+                &self.sql(
+                    "SELECT put_id, target, asset, schema, fields, started_at FROM {schema}.pending_puts
+                     WHERE target = $1 AND ($2::text IS NULL OR asset = $2) ORDER BY started_at",
+                ),
+                &[&target, &asset],
+            )
+            .await
+            .map_err(db_err("reading pending puts"))?;
+        rows.iter()
+            .map(|r| PendingPut::decode((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+            .collect()
     }
 }
 

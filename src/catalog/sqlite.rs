@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
-    AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, decode_schema,
-    encode_schema, parse_mode, unpartitioned_totals,
+    AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, PendingPut,
+    PendingRow, decode_schema, encode_schema, parse_mode, unpartitioned_totals,
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS history_idempotency
     ON history (target, asset, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS pending_puts (
+    put_id      TEXT    NOT NULL PRIMARY KEY,
+    target      TEXT    NOT NULL,
+    asset       TEXT    NOT NULL,
+    schema      BLOB    NOT NULL,
+    fields      TEXT    NOT NULL,
+    started_at  TEXT    NOT NULL
+);
 ";
 
 /// A catalog kept in one SQLite file; calls run on the blocking pool.
@@ -304,6 +312,10 @@ fn record_commit(tx: &Transaction<'_>, c: &Commit) -> Result<u64> {
         ],
     )
     .map_err(db_err("recording history"))?;
+    if let Some(id) = &c.put_id {
+        tx.execute("DELETE FROM pending_puts WHERE put_id = ?1", params![id])
+            .map_err(db_err("finishing a pending put"))?;
+    }
     Ok(version as u64)
 }
 
@@ -493,6 +505,64 @@ impl Catalog for SqliteCatalog {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db_err("reading history"))?;
             rows.into_iter().map(history_entry).collect()
+        })
+        .await
+    }
+
+    async fn begin_put(&self, put: &PendingPut) -> Result<()> {
+        let row = put.encode()?;
+        self.run(move |conn| {
+            let (id, target, asset, schema, fields, started_at) = row;
+            conn.execute(
+                "INSERT INTO pending_puts (put_id, target, asset, schema, fields, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, target, asset, schema, fields, started_at],
+            )
+            .map_err(db_err("recording a pending put"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn abandon_put(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.run(move |conn| {
+            conn.execute("DELETE FROM pending_puts WHERE put_id = ?1", params![id])
+                .map_err(db_err("forgetting a pending put"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending_puts(
+        &self,
+        target: &str,
+        asset: Option<&AssetKey>,
+    ) -> Result<Vec<PendingPut>> {
+        let target = target.to_string();
+        let asset = asset.map(AssetKey::to_string);
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT put_id, target, asset, schema, fields, started_at FROM pending_puts
+                     WHERE target = ?1 AND (?2 IS NULL OR asset = ?2) ORDER BY started_at",
+                )
+                .map_err(db_err("reading pending puts"))?;
+            let rows = stmt
+                .query_map(params![target, asset], |r| {
+                    Ok::<PendingRow, _>((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })
+                .map_err(db_err("reading pending puts"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("reading pending puts"))?;
+            rows.into_iter().map(PendingPut::decode).collect()
         })
         .await
     }

@@ -8,6 +8,7 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 
 use crate::asset::{AssetKey, Partition};
+use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 use crate::targets::{
@@ -67,6 +68,16 @@ impl Target for DiscardTarget {
 
     async fn healthcheck(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Nothing was stored, so nothing can be half-stored: the put is recorded as it was sent.
+    async fn resolve(&self, put: &PendingPut) -> Result<Option<WriteSummary>> {
+        Ok(Some(WriteSummary {
+            rows: put.commit.rows,
+            bytes: put.commit.bytes,
+            location: put.commit.location.clone(),
+            total_rows: None,
+        }))
     }
 }
 

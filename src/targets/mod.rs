@@ -5,6 +5,17 @@
 //! of [`AssetWriter::write`]s, then exactly one of [`AssetWriter::commit`] (the only point at
 //! which a reader can see the new data) or [`AssetWriter::abort`]. A writer that is dropped
 //! without either leaves nothing visible.
+//!
+//! The target's commit and the catalog's are two steps, and a server may die between them.
+//! Before [`AssetWriter::commit`] the service records the put as pending in the catalog, with
+//! the mark [`AssetWriter::prepare`] returns; the catalog commit removes it. A put still
+//! pending at start-up (or when the next put to its asset begins) goes to
+//! [`Target::resolve`], which answers whether the target's commit landed: if it did, the
+//! catalog records it (rolled forward); if not, the target removes what the put left and the
+//! catalog forgets it (rolled back). A target must therefore be able to tell, after a crash,
+//! whether a given put's commit became visible: by comparing the mark it noted before the
+//! commit (a file's identity), or by a marker its commit writes atomically with the data
+//! (the put id in a transaction).
 
 pub mod discard;
 pub mod duckdb;
@@ -23,6 +34,7 @@ use async_trait::async_trait;
 use futures::Stream;
 
 use crate::asset::{AssetKey, Partition, PartitionColumns};
+use crate::catalog::PendingPut;
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
@@ -51,6 +63,9 @@ pub struct WriteRequest {
     pub schema: SchemaRef,
     /// The asset's schema before this put; `None` for a new asset.
     pub existing: Option<SchemaRef>,
+    /// Unique per put. A target whose commit is a transaction records it in that transaction,
+    /// so [`Target::resolve`] can tell later whether the commit landed.
+    pub put_id: String,
 }
 
 /// What a committed write stored.
@@ -147,6 +162,11 @@ pub trait Target: Send + Sync + 'static {
     async fn recover(&self, _min_age: std::time::Duration) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+    /// Whether a put the catalog still holds as pending (its server died, or its catalog
+    /// commit failed, after [`AssetWriter::prepare`]) made its data visible: `Some` with what
+    /// is stored now (the catalog then records the put), or `None` after removing anything
+    /// the put left (the catalog then forgets it). Called with the asset's write lock held.
+    async fn resolve(&self, put: &PendingPut) -> Result<Option<WriteSummary>>;
 }
 
 /// With several servers sharing storage, how old an orphaned put's leftovers must be before
@@ -158,6 +178,13 @@ const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 #[async_trait]
 pub trait AssetWriter: Send {
     async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Called once every batch is written and before [`AssetWriter::commit`]: finishes
+    /// whatever can fail without making anything visible, and returns the mark
+    /// [`Target::resolve`] needs to tell later whether the commit landed (empty when the
+    /// put id the commit records is enough).
+    async fn prepare(&mut self) -> Result<String> {
+        Ok(String::new())
+    }
     /// Makes everything written visible at once; the only point of visibility.
     async fn commit(self: Box<Self>) -> Result<WriteSummary>;
     /// Discards everything written; the previous version stays as it was.

@@ -36,7 +36,12 @@ impl TestServer {
 
     /// A server with extra TOML configuration; `data_dir` is set to a fresh directory.
     pub async fn start_with_toml(toml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), toml).await
+    }
+
+    /// A server on the data directory of an earlier one (see [`TestServer::stop`]), as a
+    /// restart finds it.
+    pub async fn start_in(dir: tempfile::TempDir, toml: &str) -> Self {
         let mut config = Config::from_toml(toml).expect("test config parses");
         config.data_dir = dir.path().join("data");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

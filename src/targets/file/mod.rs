@@ -35,6 +35,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use crate::asset::{AssetKey, Partition};
+use crate::catalog::PendingPut;
 use crate::config::{ArrowConfig, FileConfig, ParquetConfig, StorageOptions};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
@@ -367,15 +368,18 @@ impl Target for FileTarget {
         let buffer = SharedBuffer::default();
         let encoder = self.format.encoder(schema, buffer.clone(), &req.options)?;
         let path = self.path(&req.asset, req.partition.as_ref());
-        let sink = BufWriter::with_capacity(Arc::clone(&self.store), path, UPLOAD_PART_BYTES)
+        let sink = BufWriter::with_capacity(Arc::clone(&self.store), path.clone(), UPLOAD_PART_BYTES)
             .with_max_concurrency(UPLOAD_CONCURRENCY);
         Ok(Box::new(FileWriter {
             target: self.name.clone(),
+            store: Arc::clone(&self.store),
+            path: self.path(&req.asset, req.partition.as_ref()),
             location: self.location(&req.asset, req.partition.as_ref()),
             encoder: Some(encoder),
             encoding: None,
             buffer,
             sink,
+            prepared: false,
             rows: 0,
             bytes: 0,
         }))
@@ -444,6 +448,64 @@ impl Target for FileTarget {
             .await?
             .map_err(|e| Error::storage(&self.name, "removing staged upload parts", e))
     }
+
+    /// The put landed if the file at its path is no longer the one its writer saw before
+    /// committing (the mark is that file's identity). If it did not, its staged upload is
+    /// removed by the start-up sweep (local disk) or the bucket's lifecycle rule.
+    async fn resolve(&self, put: &PendingPut) -> Result<Option<WriteSummary>> {
+        let c = &put.commit;
+        let path = self.path(&c.asset, c.partition.as_ref());
+        match file_identity(self.store.as_ref(), &path, &self.name).await? {
+            Some((identity, size)) if identity != put.mark => Ok(Some(WriteSummary {
+                rows: c.rows,
+                bytes: size,
+                location: self.location(&c.asset, c.partition.as_ref()),
+                total_rows: None,
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The identity [`file_identity`] gives a local file, for tools and tests that look at a
+/// data directory directly.
+pub fn local_identity(path: &std::path::Path) -> Result<String> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::internal("a file path without a directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::internal("a path without a file name"))?;
+    let store = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| Error::storage("local", "opening a directory", e))?;
+    let location = Path::from(name.to_string_lossy().as_ref());
+    futures::executor::block_on(file_identity(&store, &location, "local"))?
+        .map(|(identity, _)| identity)
+        .ok_or_else(|| Error::internal(format!("no file at {}", path.display())))
+}
+
+/// What tells one version of a file from another (its ETag, or size and modification time
+/// where the store has none), with its size; `None` if there is no file.
+async fn file_identity(
+    store: &dyn ObjectStore,
+    path: &Path,
+    target: &str,
+) -> Result<Option<(String, u64)>> {
+    match store.head(path).await {
+        Ok(meta) => {
+            let identity = match (&meta.e_tag, &meta.version) {
+                (Some(tag), version) => format!("etag:{tag}:{}", version.as_deref().unwrap_or("")),
+                (None, _) => format!(
+                    "meta:{}:{}",
+                    meta.size,
+                    meta.last_modified.timestamp_nanos_opt().unwrap_or_default()
+                ),
+            };
+            Ok(Some((identity, meta.size)))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::storage(target, format!("reading {path}"), e)),
+    }
 }
 
 /// An encoding on the blocking pool; it hands the encoder back with its result.
@@ -455,6 +517,8 @@ type Encoding = JoinHandle<(Box<dyn Encoder>, Result<()>)>;
 /// returns, and waits only for the encoding of the batch before it.
 struct FileWriter {
     target: String,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
     location: String,
     /// `None` only while the encoder is away on the blocking pool.
     encoder: Option<Box<dyn Encoder>>,
@@ -462,6 +526,8 @@ struct FileWriter {
     encoding: Option<Encoding>,
     buffer: SharedBuffer,
     sink: BufWriter,
+    /// Everything but the upload's completion is done.
+    prepared: bool,
     rows: u64,
     bytes: u64,
 }
@@ -510,9 +576,21 @@ impl AssetWriter for FileWriter {
         self.encode(move |encoder| encoder.write(&batch)).await
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
+    /// Encodes the file's end and uploads everything but the completion, then notes which
+    /// file the put is about to replace ("absent" for none).
+    async fn prepare(&mut self) -> Result<String> {
         self.encode(|encoder| encoder.finish()).await?;
         self.settle().await?;
+        self.prepared = true;
+        Ok(file_identity(self.store.as_ref(), &self.path, &self.target)
+            .await?
+            .map_or_else(|| "absent".to_string(), |(identity, _)| identity))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
+        if !self.prepared {
+            self.prepare().await?;
+        }
         self.sink.shutdown().await.map_err(|e| {
             Error::storage(&self.target, format!("completing {}", self.location), e)
         })?;
