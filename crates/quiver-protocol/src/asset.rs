@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo, echo_list};
 
 /// Longest asset key accepted, in bytes of its `a/b/c` form.
 pub const MAX_ASSET_KEY_LEN: usize = 512;
@@ -40,7 +40,7 @@ impl AssetKey {
         if segments.len() > MAX_ASSET_SEGMENTS {
             return Err(Error::invalid_request(format!(
                 "asset key '{}' has {} segments; at most {MAX_ASSET_SEGMENTS} are allowed",
-                segments.join("/"),
+                echo(&segments.join("/")),
                 segments.len()
             )));
         }
@@ -104,6 +104,7 @@ fn check_segment(
     allowed: fn(char) -> bool,
     allowed_text: &str,
 ) -> Result<()> {
+    let whole = echo(whole);
     if segment.is_empty() {
         return Err(Error::invalid_request(format!(
             "{what} '{whole}' has an empty segment; use segments like \"sales/daily\""
@@ -117,8 +118,9 @@ fn check_segment(
     }
     if segment.starts_with('.') {
         return Err(Error::invalid_request(format!(
-            "{what} '{whole}' has segment '{segment}' starting with '.'; \
-             segments may not start with a dot (and '.' and '..' are never allowed)"
+            "{what} '{whole}' has segment '{}' starting with '.'; \
+             segments may not start with a dot (and '.' and '..' are never allowed)",
+            echo(segment)
         )));
     }
     if let Some(bad) = segment.chars().find(|c| !allowed(*c)) {
@@ -196,7 +198,8 @@ impl Partition {
         for part in id.split('|') {
             let (d, k) = part.split_once('=').ok_or_else(|| {
                 Error::invalid_request(format!(
-                    "partition '{id}' mixes dimension=key pairs with plain keys"
+                    "partition '{}' mixes dimension=key pairs with plain keys",
+                    echo(id)
                 ))
             })?;
             dims.insert(d.to_string(), k.to_string());
@@ -269,13 +272,14 @@ impl PartitionColumns {
                 Err(Error::invalid_request(format!(
                     "\"partition_column\" names dimensions {:?} but the partition has dimensions {:?}; \
                  give one column per dimension",
-                    cols.keys().collect::<Vec<_>>(),
-                    dims.keys().collect::<Vec<_>>()
+                    echo_list(cols.keys().map(String::as_str)),
+                    echo_list(dims.keys().map(String::as_str))
                 )))
             }
             (Self::Single(c), Partition::Multi(_)) => Err(Error::invalid_request(format!(
-                "the partition has several dimensions but \"partition_column\" is the single column '{c}'; \
-                 give an object mapping each dimension to its column, e.g. {{\"date\": \"day\", \"region\": \"region\"}}"
+                "the partition has several dimensions but \"partition_column\" is the single column '{}'; \
+                 give an object mapping each dimension to its column, e.g. {{\"date\": \"day\", \"region\": \"region\"}}",
+                echo(c)
             ))),
             (Self::PerDimension(_), Partition::Single(_)) => Err(Error::invalid_request(
                 "\"partition_column\" is an object but the partition is a single key; give one column name",

@@ -3,7 +3,8 @@
 //! so both check the same things:
 //!
 //! - no input panics a parser;
-//! - every refusal is `INVALID_ARGUMENT` with a message (never `INTERNAL`);
+//! - every refusal is `INVALID_ARGUMENT` with a message (never `INTERNAL`), which repeats what
+//!   was sent only in part, so it fits a `grpc-message` trailer whole however long the input;
 //! - every accepted name stays inside its target: no empty, `.`-leading, `/` or `\` segment;
 //! - what is accepted survives its canonical encoding unchanged (asset keys as text,
 //!   partitions as catalog ids, tickets as protobuf).
@@ -12,7 +13,7 @@ use arrow_flight::FlightDescriptor;
 use tonic::Code;
 
 use crate::asset::{AssetKey, Partition};
-use crate::error::Error;
+use crate::error::{Error, MAX_STATUS_MESSAGE_BYTES};
 use crate::protocol::{
     self, AssetCommand, AssetTicket, parse_asset_action, parse_command, parse_criteria,
     parse_ticket,
@@ -82,6 +83,12 @@ fn accepted<T>(result: Result<T, Error>) -> Option<T> {
             let status = tonic::Status::from(error);
             assert_eq!(status.code(), Code::InvalidArgument, "{message}");
             assert!(!message.is_empty(), "a refusal without a message");
+            assert!(
+                message.len() <= MAX_STATUS_MESSAGE_BYTES,
+                "a refusal of {} bytes: {}",
+                message.len(),
+                crate::error::echo(&message)
+            );
             None
         }
     }

@@ -10,7 +10,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::asset::{AssetKey, Partition, PartitionColumns};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo, echo_in, echo_list};
 
 /// The protobuf messages of `proto/quiver/v1/quiver.proto`.
 pub mod pb {
@@ -212,7 +212,8 @@ pub fn parse_descriptor(descriptor: &FlightDescriptor) -> Result<AssetCommand> {
             };
             if asset.is_empty() {
                 return Err(Error::invalid_request(format!(
-                    "the descriptor path names target '{target}' but no asset; use [target, segment, ...], e.g. [\"{target}\", \"sales\", \"daily\"]"
+                    "the descriptor path names target '{}' but no asset; use [target, segment, ...], e.g. [\"parquet\", \"sales\", \"daily\"]",
+                    echo(target)
                 )));
             }
             Ok(AssetCommand {
@@ -238,7 +239,8 @@ pub fn parse_command(cmd: &[u8]) -> Result<AssetCommand> {
     if cmd.first() == Some(&b'{') {
         let json: JsonCommand = serde_json::from_slice(cmd).map_err(|e| {
             Error::invalid_request(format!(
-                "the descriptor command is not valid: {e}; {COMMAND_HELP}"
+                "the descriptor command is not valid: {}; {COMMAND_HELP}",
+                echo_in(&e.to_string())
             ))
         })?;
         let partition = json
@@ -311,7 +313,7 @@ fn finish_command(cmd: AssetCommand) -> Result<AssetCommand> {
             None => {
                 return Err(Error::invalid_request(format!(
                     "\"partition_column\" {:?} is set but no \"partition\" is given for asset '{}'",
-                    columns.columns(),
+                    echo_list(columns.columns()),
                     cmd.asset
                 )));
             }
@@ -359,7 +361,8 @@ pub fn check_target_name(name: &str) -> Result<String> {
         Ok(name.to_string())
     } else {
         Err(Error::invalid_request(format!(
-            "target name {name:?} is not valid; target names use 1 to 64 of [A-Za-z0-9_-]"
+            "target name {:?} is not valid; target names use 1 to 64 of [A-Za-z0-9_-]",
+            echo(name)
         )))
     }
 }
@@ -371,7 +374,10 @@ const TICKET_HELP: &str = "expected the ticket from GetFlightInfo, a JSON object
 pub fn parse_ticket(ticket: &[u8]) -> Result<AssetTicket> {
     if ticket.first() == Some(&b'{') {
         let json: JsonTicket = serde_json::from_slice(ticket).map_err(|e| {
-            Error::invalid_request(format!("the ticket is not valid: {e}; {TICKET_HELP}"))
+            Error::invalid_request(format!(
+                "the ticket is not valid: {}; {TICKET_HELP}",
+                echo_in(&e.to_string())
+            ))
         })?;
         let mut partitions = Vec::new();
         match json.partition {
@@ -446,7 +452,8 @@ pub fn parse_criteria(expression: &[u8]) -> Result<ListCriteria> {
     let criteria = if expression.first() == Some(&b'{') {
         serde_json::from_slice(expression).map_err(|e| {
             Error::invalid_request(format!(
-                "the ListFlights criteria are not valid: {e}; expected empty criteria or JSON like {{\"target\": \"parquet\", \"prefix\": \"sales/\"}}"
+                "the ListFlights criteria are not valid: {}; expected empty criteria or JSON like {{\"target\": \"parquet\", \"prefix\": \"sales/\"}}",
+                echo_in(&e.to_string())
             ))
         })?
     } else {
@@ -470,7 +477,9 @@ pub fn parse_criteria(expression: &[u8]) -> Result<ListCriteria> {
 pub fn parse_asset_action(action: &str, body: &[u8]) -> Result<AssetAction> {
     let json: JsonAction = serde_json::from_slice(body).map_err(|e| {
         Error::invalid_request(format!(
-            "the body of action '{action}' is not valid: {e}; expected JSON like {{\"target\": \"parquet\", \"asset\": \"sales/daily\"}}"
+            "the body of action '{}' is not valid: {}; expected JSON like {{\"target\": \"parquet\", \"asset\": \"sales/daily\"}}",
+            echo(action),
+            echo_in(&e.to_string())
         ))
     })?;
     Ok(AssetAction {
@@ -485,6 +494,8 @@ pub fn parse_asset_action(action: &str, body: &[u8]) -> Result<AssetAction> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -564,6 +575,67 @@ mod tests {
             err.to_string().contains("neither JSON nor a protobuf"),
             "{err}"
         );
+    }
+
+    /// Whatever its size, a value the client sent comes back as its start and its length.
+    #[test]
+    fn long_values_are_echoed_by_their_start() {
+        for size in [10_000, 1 << 20] {
+            let long = "v".repeat(size);
+            let commands = [
+                json!({"target": long, "asset": "a"}),
+                json!({"target": "parquet", "asset": "a", "partition": long}),
+                json!({"target": "parquet", "asset": "a", "partition": {"day": long}}),
+                json!({"target": "parquet", "asset": "a", "partition": {long.clone(): "x"}}),
+                json!({"target": "parquet", "asset": "a", "mode": long}),
+                json!({"target": "parquet", "asset": "a", long.clone(): 1}),
+                json!({"target": "parquet", "asset": "a", "key": long}),
+                json!({"target": "parquet", "asset": "a", "partition_column": long}),
+                json!({"target": "parquet", "asset": "a", "partition": {"d": "k"},
+                       "partition_column": long}),
+                json!({"target": "parquet", "asset": "a", "partition": {"d": "k"},
+                       "partition_column": {long.clone(): "c"}}),
+                json!({"target": "parquet", "asset": long}),
+                json!({"target": "parquet", "asset": [long]}),
+                json!({"target": "parquet", "asset": vec!["a"; size / 2].join("/")}),
+            ];
+            for command in commands {
+                let err = parse_command(command.to_string().as_bytes()).unwrap_err();
+                let message = err.to_string();
+                assert_eq!(err.code(), tonic::Code::InvalidArgument, "{message}");
+                assert!(message.len() < 700, "{size}: {message}");
+                assert!(message.contains(" bytes"), "{message}");
+            }
+            let path = FlightDescriptor::new_path(vec![long.clone()]);
+            let message = parse_descriptor(&path).unwrap_err().to_string();
+            assert!(message.len() < 300, "{message}");
+            for ticket in [
+                json!({"asset": "a", long.clone(): 1}),
+                json!({"asset": "a", "partition": [long]}),
+            ] {
+                let message = parse_ticket(ticket.to_string().as_bytes())
+                    .unwrap_err()
+                    .to_string();
+                assert!(message.len() < 700, "{message}");
+            }
+            let criteria = json!({ "target": long }).to_string();
+            assert!(
+                parse_criteria(criteria.as_bytes())
+                    .unwrap_err()
+                    .to_string()
+                    .len()
+                    < 300
+            );
+            let body = json!({"target": "parquet", "asset": "a", "partition": long}).to_string();
+            let message = parse_asset_action(&long, body.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(message.len() < 300, "{message}");
+            let message = parse_asset_action(&long, long.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(message.len() < 500, "{message}");
+        }
     }
 
     #[test]

@@ -113,6 +113,41 @@ proptest! {
         invariants::ticket(&ticket.encode_to_vec());
     }
 
+    /// One field of a command, ticket or action body given a value of up to tens of kilobytes,
+    /// of characters valid and not, quotes among them.
+    #[test]
+    fn long_values(
+        field in prop::sample::select(vec![
+            "target", "asset", "mode", "partition", "key", "partition_column",
+            "idempotency_key", "columns", "an unknown field",
+        ]),
+        unit in "[a-z.:é/=|\"`\\\\-]{1,3}",
+        repeat in 1usize..8_000,
+        as_key in any::<bool>(),
+    ) {
+        let long = unit.repeat(repeat);
+        let mut body = serde_json::json!({
+            "target": "parquet", "asset": "a", "partition": {"d": "k"}, "key": ["id"],
+        });
+        let value = if as_key {
+            serde_json::json!({ long.clone(): "x" })
+        } else {
+            serde_json::Value::from(long.clone())
+        };
+        if field == "an unknown field" {
+            body[long.as_str()] = value;
+        } else {
+            body[field] = value;
+        }
+        let body = serde_json::to_vec(&body).unwrap();
+        invariants::command(&body);
+        invariants::ticket(&body);
+        invariants::action_body(&body);
+        invariants::criteria(&body);
+        invariants::names(long.as_bytes());
+        invariants::path(long.as_bytes());
+    }
+
     #[test]
     fn names(name in "[a-zA-Z0-9_.:+=|/\\\\-]{0,40}") {
         invariants::names(name.as_bytes());
