@@ -74,6 +74,8 @@ const ACTIONS: [(&str, &str); 4] = [
 struct PutLimits {
     /// How long a put waits for the client's next message.
     idle: std::time::Duration,
+    /// The most bytes one batch may hold decoded (`limits.max_message_bytes`).
+    batch_bytes: usize,
     all: Arc<tokio::sync::Semaphore>,
     max_all: usize,
     per_target: usize,
@@ -84,6 +86,7 @@ impl PutLimits {
     fn new(limits: &LimitsConfig) -> Self {
         Self {
             idle: std::time::Duration::from_secs(limits.put_idle_timeout_secs),
+            batch_bytes: limits.max_message_bytes,
             all: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_puts)),
             max_all: limits.max_concurrent_puts,
             per_target: limits.max_concurrent_puts_per_target,
@@ -356,7 +359,10 @@ impl Inner {
         }
 
         let rest = input.map_err(|status| FlightError::Tonic(Box::new(status)));
-        let mut decoder = BatchDecoder::new(futures::stream::once(async { Ok(first) }).chain(rest));
+        let mut decoder = BatchDecoder::new(
+            futures::stream::once(async { Ok(first) }).chain(rest),
+            self.limits.batch_bytes,
+        );
         let schema = match decoder.next().await {
             Some(Ok(decoded)) => match decoded {
                 DecodedPayload::Schema(schema) => schema,

@@ -1248,3 +1248,59 @@ async fn a_read_failing_mid_stream_reports_the_error_after_its_batches() {
     assert_ne!(err.code(), Code::Ok);
     assert!(err.message().contains("json"), "{err:?}");
 }
+
+/// A batch whose body is cut short (the first 100 of its 8,000 bytes) is refused with
+/// INVALID_ARGUMENT naming the batch, by every file target and DuckDB, and nothing of it
+/// becomes visible; the server goes on serving puts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_batch_body_is_refused_and_writes_nothing() {
+    use arrow_array::{Int64Array, RecordBatch};
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let ids = RecordBatch::try_from_iter([(
+        "id",
+        Arc::new(Int64Array::from_iter_values(0..1000)) as arrow_array::ArrayRef,
+    )])
+    .unwrap();
+    for target in ["parquet", "arrow", "csv", "json", "duckdb"] {
+        let mut messages = encoded(Some(path(&[target, "cut"])), vec![ids.clone()]);
+        assert_eq!(messages.len(), 2, "the schema, then the batch");
+        assert_eq!(messages[1].data_body.len(), 8000);
+        messages[1].data_body = messages[1].data_body.slice(..100);
+        assert_status(
+            put_raw(&mut client, messages).await,
+            Code::InvalidArgument,
+            "record batch 1 (message 2) of the DoPut stream cannot be decoded: column 'id': \
+             buffer 1 says 8000 bytes at offset 0, but the message body has 100 bytes",
+        );
+        assert_status(
+            client
+                .get_flight_info(path(&[target, "cut"]))
+                .await
+                .map_err(status),
+            Code::NotFound,
+            "cut",
+        );
+    }
+    let listed: Vec<_> = client
+        .list_flights(Vec::<u8>::new())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    assert!(server.files().is_empty(), "{:?}", server.files());
+
+    for target in ["parquet", "duckdb"] {
+        let result = put(
+            &mut client,
+            path(&[target, "cut"]),
+            ids.schema(),
+            vec![ids.clone()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(result["rows"], 1000);
+    }
+}
