@@ -35,7 +35,7 @@ use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::auth::{Access, Authenticator, Principal};
 use crate::catalog::{AssetRecord, Catalog, Commit, Layout, PendingPut};
 use crate::config::LimitsConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 use crate::metrics::{Metrics, status_label};
 use crate::protocol::{self, AssetCommand, AssetTicket, Mode, PutSummary};
 use crate::targets::{
@@ -931,8 +931,9 @@ fn check_columns(cmd: &AssetCommand, schema: &Schema) -> Result<()> {
     let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
     let missing = |column: &str| {
         Error::invalid_request(format!(
-            "column '{column}' named in the descriptor is not in the schema of asset '{}'; \
+            "column '{}' named in the descriptor is not in the schema of asset '{}'; \
              columns: {}",
+            echo(column),
             cmd.asset,
             names
                 .iter()
@@ -991,7 +992,8 @@ fn project(record: &AssetRecord, columns: &[String]) -> Result<Vec<usize>> {
         .map(|c| {
             record.schema.index_of(c).map_err(|_| {
                 Error::invalid_request(format!(
-                    "column '{c}' is not in asset '{}'; columns: {}",
+                    "column '{}' is not in asset '{}'; columns: {}",
+                    echo(c),
                     record.asset,
                     field_summary(&record.schema)
                         .iter()

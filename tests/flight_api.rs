@@ -1304,3 +1304,103 @@ async fn a_truncated_batch_body_is_refused_and_writes_nothing() {
         assert_eq!(result["rows"], 1000);
     }
 }
+
+/// Values of 10 kB and 1 MB sent where a name, key, mode or field belongs come back in errors
+/// as their first characters and their length: the status keeps its code and a short message
+/// (a long one would exceed what clients accept in a trailer, and they would report
+/// RESOURCE_EXHAUSTED instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_repeat_long_values_only_in_part() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let batch = numbered(1, 3);
+    put(
+        &mut client,
+        path(&["parquet", "kept"]),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await
+    .unwrap();
+    put(
+        &mut client,
+        cmd(json!({"target": "parquet", "asset": "parted", "partition": "2024-01-01"})),
+        batch.schema(),
+        vec![batch.clone()],
+    )
+    .await
+    .unwrap();
+    let short = |result: Result<(), tonic::Status>, code: Code, needle: &str| {
+        let message = assert_status(result, code, needle);
+        assert!(message.len() < 1000, "{} bytes: {message}", message.len());
+    };
+    for size in [10_000, 1 << 20] {
+        let long = "v".repeat(size);
+        let shown = format!("… ({size} bytes)");
+        let puts = [
+            json!({"target": long, "asset": "a"}),
+            json!({"target": "parquet", "asset": "a", "partition": long}),
+            json!({"target": "parquet", "asset": "a", "mode": long}),
+            json!({"target": "parquet", "asset": "a", long.clone(): 1}),
+            json!({"target": "duckdb", "asset": "a", "mode": "upsert", "key": [long]}),
+            json!({"target": "duckdb", "asset": "a", "partition": "p", "partition_column": long}),
+        ];
+        for command in puts {
+            let result = put(
+                &mut client,
+                cmd(command),
+                batch.schema(),
+                vec![batch.clone()],
+            )
+            .await;
+            short(result.map(drop), Code::InvalidArgument, &shown);
+        }
+        let info = client
+            .get_flight_info(cmd(json!({"target": long, "asset": "a"})))
+            .await
+            .map(drop)
+            .map_err(status);
+        short(info, Code::InvalidArgument, &shown);
+        let ticket = json!({"target": "parquet", "asset": "kept", long.clone(): 1});
+        short(
+            get(&mut client, ticket).await.map(drop),
+            Code::InvalidArgument,
+            &shown,
+        );
+        let criteria = client
+            .list_flights(json!({ "target": long }).to_string())
+            .await
+            .map(drop)
+            .map_err(status);
+        short(criteria, Code::InvalidArgument, &shown);
+        let described = action(
+            &mut client,
+            "describe",
+            json!({"target": "parquet", "asset": "kept", "partition": long}),
+        )
+        .await;
+        short(described.map(drop), Code::InvalidArgument, &shown);
+
+        let columns = get(
+            &mut client,
+            json!({"target": "parquet", "asset": "kept", "columns": [long]}),
+        )
+        .await;
+        short(columns.map(drop), Code::InvalidArgument, &shown);
+
+        // A partition of many valid dimensions that does not exist: NOT_FOUND, named in part.
+        let dimensions: serde_json::Map<String, serde_json::Value> = (0..size / 10)
+            .map(|i| (format!("d{i}"), json!("k")))
+            .collect();
+        let missing = get(
+            &mut client,
+            json!({"target": "parquet", "asset": "parted", "partition": dimensions}),
+        )
+        .await;
+        short(
+            missing.map(drop),
+            Code::NotFound,
+            "asset 'parted' not found in target 'parquet' (partition 'd0=k|d1=k|",
+        );
+    }
+}
