@@ -6,6 +6,9 @@
 //! most a few batches wait in memory, and the async runtime never blocks on DuckDB. The writer
 //! hands the channel to DuckDB as an Arrow stream (`INSERT … SELECT` over DuckDB's Arrow
 //! scan), so DuckDB converts and compresses the batches with all its threads, in order.
+//!
+//! The put's id goes into `main.quiver_commits` in the put's transaction (see
+//! [`CommitMarkers`]), so [`Target::resolve`] can read whether an interrupted put committed.
 
 pub mod types;
 
@@ -21,10 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::types::{column_definition, restore, storage_schema, to_storage};
 use crate::asset::{AssetKey, Partition, PartitionColumns};
+use crate::catalog::PendingPut;
 use crate::config::DuckDbConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
-use crate::targets::sql::{TableName as Table, literal, quote};
+use crate::targets::sql::{CommitMarkers, TableName as Table, literal, quote};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
     WriteRequest, WriteSummary, lock,
@@ -32,6 +36,8 @@ use crate::targets::{
 
 /// Batches waiting for the writer thread.
 const WRITE_QUEUE: usize = 2;
+/// The schema of single-segment asset keys, and of the commit markers.
+const DEFAULT_SCHEMA: &str = "main";
 /// The schema holding staging tables; they only ever exist inside a put's transaction.
 const STAGING_SCHEMA: &str = "__quiver";
 
@@ -103,7 +109,11 @@ impl DuckDbTarget {
         };
         let database = Database::open(&path).map_err(|e| open_error(&e))?;
         let conn = database.connect().map_err(|e| open_error(&e))?;
-        let mut setup = format!("CREATE SCHEMA IF NOT EXISTS {};", quote(STAGING_SCHEMA));
+        let mut setup = format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; {};",
+            quote(STAGING_SCHEMA),
+            markers().create()
+        );
         if let Some(threads) = config.threads {
             setup.push_str(&format!("SET threads = {threads};"));
         }
@@ -155,7 +165,7 @@ impl Target for DuckDbTarget {
     }
 
     fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String {
-        let table = Table::of(asset, "main");
+        let table = Table::of(asset, DEFAULT_SCHEMA);
         let base = format!(
             "duckdb://{}#{}.{}",
             self.path.display(),
@@ -171,7 +181,7 @@ impl Target for DuckDbTarget {
 
     fn storage_id(&self, asset: &AssetKey) -> String {
         // DuckDB identifiers are case-insensitive, quoted or not.
-        let table = Table::of(asset, "main");
+        let table = Table::of(asset, DEFAULT_SCHEMA);
         format!("{}.{}", table.schema, table.table).to_lowercase()
     }
 
@@ -192,9 +202,11 @@ impl Target for DuckDbTarget {
                 self.name
             )));
         }
+        let table = Table::of(&req.asset, DEFAULT_SCHEMA);
+        markers().check_asset(&self.name, &req.asset, &table, true)?;
         let plan = Plan {
             target: self.name.clone(),
-            table: Table::of(&req.asset, "main"),
+            table,
             request: req.clone(),
             incoming: schema,
             location: self.location(&req.asset, req.partition.as_ref()),
@@ -208,6 +220,13 @@ impl Target for DuckDbTarget {
             .map_err(db_error(&self.name, "opening a connection"))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (prepared_tx, prepared_rx) = oneshot::channel();
+        let (decision_tx, decision_rx) = oneshot::channel();
+        let handshake = Handshake {
+            ready: ready_tx,
+            prepared: prepared_tx,
+            decision: decision_rx,
+        };
         let schema_lock = Arc::clone(&self.schema_lock);
         let worker = tokio::task::spawn_blocking(move || {
             let created = {
@@ -216,10 +235,10 @@ impl Target for DuckDbTarget {
             };
             if let Err(e) = created {
                 let err = Error::storage(&plan.target, "creating a schema", e);
-                let _ = ready_tx.send(Err(err.to_string()));
+                let _ = handshake.ready.send(Err(err.to_string()));
                 return Err(err);
             }
-            plan.run(&conn, rx, ready_tx)
+            plan.run(&conn, rx, handshake)
         });
         match ready_rx.await {
             Ok(Ok(())) => {}
@@ -231,12 +250,14 @@ impl Target for DuckDbTarget {
         }
         Ok(Box::new(DuckDbWriter {
             tx: Some(tx),
+            prepared: Some(prepared_rx),
+            decision: Some(decision_tx),
             worker: Some(worker),
         }))
     }
 
     async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream> {
-        let table = Table::of(&req.asset, "main");
+        let table = Table::of(&req.asset, DEFAULT_SCHEMA);
         let schema = req.output_schema()?;
         let columns = schema
             .fields()
@@ -288,13 +309,18 @@ impl Target for DuckDbTarget {
     }
 
     async fn delete(&self, req: &DeleteRequest) -> Result<()> {
-        let table = Table::of(&req.asset, "main");
+        let table = Table::of(&req.asset, DEFAULT_SCHEMA);
         let target = self.name.clone();
         if req.whole {
+            // The asset's commit marker goes with its table.
+            let forget = markers().forget(&literal(&req.asset.to_string()));
             return self
                 .blocking(move |conn| {
-                    conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", table.sql()))
-                        .map_err(db_error(&target, "dropping a table"))
+                    conn.execute_batch(&format!(
+                        "BEGIN TRANSACTION; DROP TABLE IF EXISTS {}; {forget}; COMMIT",
+                        table.sql()
+                    ))
+                    .map_err(db_error(&target, "dropping a table"))
                 })
                 .await;
         }
@@ -318,6 +344,62 @@ impl Target for DuckDbTarget {
         })
         .await
     }
+
+    /// The put committed if its id is in the commit markers. If it is not, its transaction
+    /// was rolled back with everything it created (DuckDB's DDL is transactional, and an
+    /// uncommitted transaction never reaches the WAL): there is nothing to remove.
+    async fn resolve(&self, put: &PendingPut) -> Result<Option<WriteSummary>> {
+        let c = &put.commit;
+        let summary = WriteSummary {
+            rows: c.rows,
+            bytes: 0,
+            location: self.location(&c.asset, c.partition.as_ref()),
+            total_rows: None,
+        };
+        let (id, table) = (put.id.clone(), Table::of(&c.asset, DEFAULT_SCHEMA));
+        let target = self.name.clone();
+        self.blocking(move |conn| {
+            let total = rows_after(conn, &id, &table)
+                .map_err(db_error(&target, "reading the commit markers"))?;
+            Ok(total.map(|total| WriteSummary {
+                total_rows: Some(total),
+                ..summary
+            }))
+        })
+        .await
+    }
+}
+
+/// The rows of `table` if put `id` committed; `None` if it did not (or if the table has been
+/// dropped since, which leaves nothing of it to record).
+fn rows_after(conn: &Connection, id: &str, table: &Table) -> duckdb::Result<Option<u64>> {
+    let landed: i64 = conn.query_row(&markers().find(&literal(id)), [], |r| r.get(0))?;
+    if landed == 0 {
+        return Ok(None);
+    }
+    let present: i64 = conn.query_row(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() \
+         AND lower(schema_name) = lower(?) AND lower(table_name) = lower(?)",
+        [&table.schema, &table.table],
+        |r| r.get(0),
+    )?;
+    if present == 0 {
+        // Quiver's own delete forgets the marker with the table: it was dropped by hand.
+        tracing::warn!(
+            table = %table.sql(),
+            "an interrupted put committed, but its table has been dropped since"
+        );
+        return Ok(None);
+    }
+    let total: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", table.sql()), [], |r| {
+        r.get(0)
+    })?;
+    Ok(Some(total as u64))
+}
+
+/// The commit markers, in the default schema.
+fn markers() -> CommitMarkers {
+    CommitMarkers::in_schema(DEFAULT_SCHEMA)
 }
 
 /// ` WHERE (a = '1' AND b = 'x') OR (...)` selecting the given partitions. DuckDB casts each
@@ -363,7 +445,18 @@ struct Plan {
 
 enum Message {
     Batch(RecordBatch),
-    Commit,
+    /// The last batch was sent.
+    End,
+}
+
+/// The writer thread's side of its hand-offs with the writer.
+struct Handshake {
+    /// The table is ready for rows, or why not.
+    ready: oneshot::Sender<Result<(), String>>,
+    /// Everything but the COMMIT is done.
+    prepared: oneshot::Sender<()>,
+    /// A message commits; the sender dropped without one rolls back.
+    decision: oneshot::Receiver<()>,
 }
 
 impl Plan {
@@ -371,13 +464,19 @@ impl Plan {
         db_error(&self.target, action)
     }
 
-    /// Runs the whole put in one transaction; anything but a commit message rolls it back.
+    /// Runs the whole put in one transaction; anything but the writer's word to commit, once
+    /// the put is prepared, rolls it back.
     fn run(
         &self,
         conn: &RawConnection,
         rx: mpsc::Receiver<Message>,
-        ready: oneshot::Sender<Result<(), String>>,
+        handshake: Handshake,
     ) -> Result<WriteSummary> {
+        let Handshake {
+            ready,
+            prepared,
+            decision,
+        } = handshake;
         let failure = Arc::new(Mutex::new(None));
         // The batches become a view before the transaction begins: registering it is not
         // part of the put.
@@ -406,7 +505,18 @@ impl Plan {
             let _ = ready.send(Err(err.to_string()));
             return Err(err);
         }
-        let result = self.run_in_transaction(conn, view.name(), &failure, ready);
+        let result = self
+            .run_in_transaction(conn, view.name(), &failure, ready)
+            .and_then(|summary| {
+                // The writer may be gone already; then the wait ends at once.
+                let _ = prepared.send(());
+                decision
+                    .blocking_recv()
+                    .map(|()| summary)
+                    .map_err(|_| Error::Cancelled {
+                        message: "the put was abandoned before it committed".to_string(),
+                    })
+            });
         match &result {
             Ok(_) => conn
                 .execute("COMMIT")
@@ -463,6 +573,12 @@ impl Plan {
         let total = conn
             .query_i64(&format!("SELECT count(*) FROM {}", self.table.sql()))
             .map_err(self.fail("counting rows"))?;
+        let [record, earlier] = markers().record(
+            &literal(&self.request.put_id),
+            &literal(&self.request.asset.to_string()),
+        );
+        conn.execute(&format!("{record}; {earlier}"))
+            .map_err(self.fail("recording the commit"))?;
         Ok(WriteSummary {
             rows,
             bytes: 0,
@@ -581,7 +697,7 @@ impl Plan {
 }
 
 /// The put's batches as DuckDB reads them: each converted to its storage types, until the
-/// commit message. Anything else ends the stream with an error, kept in `failure` for the
+/// end message. Anything else ends the stream with an error, kept in `failure` for the
 /// writer to report.
 struct Incoming {
     rx: mpsc::Receiver<Message>,
@@ -627,7 +743,7 @@ impl Iterator for Incoming {
                 Ok(storage) => Some(Ok(storage)),
                 Err(err) => self.fail(err),
             },
-            Some(Message::Commit) => {
+            Some(Message::End) => {
                 self.done = true;
                 None
             }
@@ -662,6 +778,10 @@ fn create_table(table: &str, schema: &Schema, replace: bool) -> Result<String> {
 /// Feeds the writer thread; dropping it without a commit rolls the transaction back.
 struct DuckDbWriter {
     tx: Option<mpsc::Sender<Message>>,
+    /// Answers once everything but the COMMIT is done; `None` once it has.
+    prepared: Option<oneshot::Receiver<()>>,
+    /// Commits the prepared put; dropped, it rolls the put back.
+    decision: Option<oneshot::Sender<()>>,
     worker: Option<tokio::task::JoinHandle<Result<WriteSummary>>>,
 }
 
@@ -694,14 +814,38 @@ impl AssetWriter for DuckDbWriter {
             .unwrap_or_else(|| Error::internal("the duckdb writer stopped early")))
     }
 
+    /// Ends the rows; the writer thread merges, checks, counts and records the commit
+    /// marker, then waits for the commit. The marker is the put id, so there is no mark.
+    async fn prepare(&mut self) -> Result<String> {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Message::End).await;
+        }
+        let Some(prepared) = self.prepared.take() else {
+            return Err(Error::internal("the duckdb writer was already prepared"));
+        };
+        if prepared.await.is_ok() {
+            return Ok(String::new());
+        }
+        // The worker stopped: it failed, and says why.
+        Err(self
+            .worker_result()
+            .await
+            .err()
+            .unwrap_or_else(|| Error::internal("the duckdb writer stopped before it prepared")))
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Message::Commit).await;
+        if self.prepared.is_some() {
+            self.prepare().await?;
+        }
+        if let Some(decision) = self.decision.take() {
+            let _ = decision.send(());
         }
         self.worker_result().await
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.decision = None;
         match self.worker_result().await {
             Ok(_) => Err(Error::internal(
                 "the duckdb writer committed during an abort",

@@ -14,7 +14,13 @@
 //! - partition replace: `DELETE` the partition's rows, then `COPY`.
 //!
 //! A connection whose put did not finish cleanly is closed rather than returned to the pool,
-//! so PostgreSQL rolls its transaction back and no staging table outlives it.
+//! so PostgreSQL rolls its transaction back and no staging table outlives it. Every table a
+//! put creates (the overwrite's new table included) is created in its transaction, so a put
+//! that dies before COMMIT leaves none either.
+//!
+//! The put's id goes into `quiver_commits` in the configured schema, in the put's transaction
+//! (see [`CommitMarkers`]), so [`Target::resolve`] can read whether an interrupted put
+//! committed.
 
 pub mod connection;
 pub mod copy;
@@ -34,10 +40,11 @@ use tokio_postgres::error::SqlState;
 
 use self::types::{PgType, column_definition};
 use crate::asset::{AssetKey, Partition, PartitionColumns};
+use crate::catalog::PendingPut;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
-use crate::targets::sql::{TableName, quote};
+use crate::targets::sql::{CommitMarkers, TableName, quote};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
     WriteRequest, WriteSummary,
@@ -57,6 +64,9 @@ pub struct PostgresTarget {
     /// Held while creating a schema: concurrent `CREATE SCHEMA IF NOT EXISTS` of one name can
     /// fail with a unique violation.
     schema_lock: tokio::sync::Mutex<()>,
+    /// In the default schema; created on first use.
+    markers: CommitMarkers,
+    markers_created: tokio::sync::OnceCell<()>,
 }
 
 impl PostgresTarget {
@@ -71,6 +81,8 @@ impl PostgresTarget {
             default_schema: config.schema.clone(),
             display,
             schema_lock: tokio::sync::Mutex::new(()),
+            markers: CommitMarkers::in_schema(&config.schema),
+            markers_created: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -98,6 +110,25 @@ impl PostgresTarget {
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(()),
             other => other.map_err(pg_error(&self.name, "creating a schema")),
         }
+    }
+
+    /// Creates the commit markers' table once per server. Servers sharing the database create
+    /// it one at a time: concurrent `CREATE TABLE IF NOT EXISTS` of one name can fail.
+    async fn create_markers(&self, conn: &Object) -> Result<()> {
+        self.markers_created
+            .get_or_try_init(|| async {
+                self.create_schema(conn, &self.markers.table.schema).await?;
+                // One statement string: one implicit transaction, holding the lock to its end.
+                conn.batch_execute(&format!(
+                    "SELECT pg_advisory_xact_lock(hashtext({})); {}",
+                    literal(&self.markers.table.sql()),
+                    self.markers.create()
+                ))
+                .await
+                .map_err(pg_error(&self.name, "creating the commit markers' table"))
+            })
+            .await
+            .map(|_| ())
     }
 }
 
@@ -245,6 +276,8 @@ impl Target for PostgresTarget {
         let table = self.table(&req.asset);
         check_identifier("schema", &table.schema)?;
         check_identifier("table", &table.table)?;
+        self.markers
+            .check_asset(&self.name, &req.asset, &table, false)?;
         if req.partition.is_some() && req.partition_column.is_none() {
             return Err(Error::invalid_request(format!(
                 "target '{}' (postgres) stores partitions as rows of one table: name the column \
@@ -253,10 +286,12 @@ impl Target for PostgresTarget {
             )));
         }
         let conn = self.connect().await?;
+        self.create_markers(&conn).await?;
         self.create_schema(&conn, &table.schema).await?;
         let plan = Plan {
             target: self.name.clone(),
             table,
+            markers: self.markers.clone(),
             request: req.clone(),
             incoming: schema,
             location: self.location(&req.asset, req.partition.as_ref()),
@@ -269,6 +304,7 @@ impl Target for PostgresTarget {
             loading: None,
             staging: None,
             rows: 0,
+            prepared: None,
         };
         match writer.start().await {
             Ok(()) => Ok(Box::new(writer)),
@@ -322,8 +358,14 @@ impl Target for PostgresTarget {
         let table = self.table(&req.asset);
         let conn = self.connect().await?;
         if req.whole {
+            // The asset's commit marker goes with its table, in one implicit transaction.
+            self.create_markers(&conn).await?;
             return conn
-                .batch_execute(&format!("DROP TABLE IF EXISTS {}", table.sql()))
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {}; {}",
+                    table.sql(),
+                    self.markers.forget(&literal(&req.asset.to_string()))
+                ))
                 .await
                 .map_err(pg_error(&self.name, "dropping a table"));
         }
@@ -379,6 +421,50 @@ impl Target for PostgresTarget {
         conn.batch_execute("SELECT 1")
             .await
             .map_err(pg_error(&self.name, "running a health query"))
+    }
+
+    /// The put committed if its id is in the commit markers. If it is not, its transaction
+    /// was rolled back with every table it created (an overwrite's new table, an upsert's
+    /// temporary staging table): there is nothing to remove.
+    async fn resolve(&self, put: &PendingPut) -> Result<Option<WriteSummary>> {
+        let c = &put.commit;
+        let conn = self.connect().await?;
+        self.create_markers(&conn).await?;
+        let fail = pg_error(&self.name, "reading the commit markers");
+        let landed: i64 = conn
+            .query_one(&self.markers.find("$1"), &[&put.id])
+            .await
+            .map_err(&fail)?
+            .get(0);
+        if landed == 0 {
+            return Ok(None);
+        }
+        let table = self.table(&c.asset);
+        let present: bool = conn
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.sql()])
+            .await
+            .map_err(&fail)?
+            .get(0);
+        if !present {
+            // Quiver's own delete forgets the marker with the table: it was dropped by hand.
+            tracing::warn!(
+                target = %self.name,
+                table = %table.sql(),
+                "an interrupted put committed, but its table has been dropped since"
+            );
+            return Ok(None);
+        }
+        let total: i64 = conn
+            .query_one(&format!("SELECT count(*) FROM {}", table.sql()), &[])
+            .await
+            .map_err(&fail)?
+            .get(0);
+        Ok(Some(WriteSummary {
+            rows: c.rows,
+            bytes: 0,
+            location: self.location(&c.asset, c.partition.as_ref()),
+            total_rows: Some(total as u64),
+        }))
     }
 }
 
@@ -462,6 +548,7 @@ impl Drop for Reader {
 struct Plan {
     target: String,
     table: TableName,
+    markers: CommitMarkers,
     request: WriteRequest,
     /// The schema of the batches arriving.
     incoming: SchemaRef,
@@ -499,6 +586,8 @@ struct PostgresWriter {
     /// For an upsert: the temporary staging table.
     staging: Option<String>,
     rows: u64,
+    /// What the COMMIT will have stored, once everything before it is done.
+    prepared: Option<WriteSummary>,
 }
 
 impl PostgresWriter {
@@ -661,7 +750,7 @@ impl PostgresWriter {
             .map_err(pg_error(&self.plan.target, "writing rows"))
     }
 
-    /// Everything after the last row: merge, checks, rename; then COMMIT.
+    /// Everything after the last row but the COMMIT: merge, checks, rename, commit marker.
     async fn finish(&mut self) -> Result<WriteSummary> {
         self.flush_pending().await?;
         let mut sink = self
@@ -707,7 +796,14 @@ impl PostgresWriter {
                 .map_err(self.plan.fail("counting rows"))?
                 .get(0)
         };
-        self.execute("COMMIT", "committing").await?;
+        let [record, earlier] = self.plan.markers.record("$1", "$2");
+        let asset = self.plan.request.asset.to_string();
+        for statement in [record, earlier] {
+            self.conn()?
+                .execute(&statement, &[&self.plan.request.put_id, &asset])
+                .await
+                .map_err(self.plan.fail("recording the commit"))?;
+        }
         Ok(WriteSummary {
             rows: self.rows,
             bytes: 0,
@@ -819,9 +915,30 @@ impl AssetWriter for PostgresWriter {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
+    /// The commit marker is the put id, so there is no mark.
+    async fn prepare(&mut self) -> Result<String> {
         match self.finish().await {
             Ok(summary) => {
+                self.prepared = Some(summary);
+                Ok(String::new())
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
+        if self.prepared.is_none() {
+            self.prepare().await?;
+        }
+        let summary = self
+            .prepared
+            .take()
+            .ok_or_else(|| Error::internal("the postgres writer was not prepared"))?;
+        match self.execute("COMMIT", "committing").await {
+            Ok(()) => {
                 // Committed: the connection is clean.
                 self.conn.take();
                 Ok(summary)
