@@ -9,6 +9,14 @@ use std::sync::Arc;
 use arrow_array::builder::{BinaryViewBuilder, StringViewBuilder};
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
+use futures::TryStreamExt;
+use quiver::asset::AssetKey;
+use quiver::catalog::{Commit, PendingPut};
+use quiver::config::{DuckDbConfig, PostgresConfig};
+use quiver::protocol::Mode;
+use quiver::targets::duckdb::DuckDbTarget;
+use quiver::targets::postgres::PostgresTarget;
+use quiver::targets::{AssetWriter, DeleteRequest, Target, WriteRequest, WriteSummary};
 use serde_json::json;
 use tonic::Code;
 
@@ -872,4 +880,335 @@ async fn table_targets_refuse_options() {
     )
     .await;
     assert_status(refused, Code::InvalidArgument, "option 'threads'");
+}
+
+/// An upsert after an overwrite without a key leaves one row per key (the row the overwrite
+/// wrote is replaced), and repeating it changes nothing.
+async fn upsert_after_an_overwrite_without_key(server: &TestServer, target: &str) {
+    let mut client = server.client().await;
+    let people = |mode: &str, id: &[i64], v: &[i64]| {
+        let mut command = json!({"target": target, "asset": "people", "mode": mode});
+        if mode == "upsert" {
+            command["key"] = json!(["id"]);
+        }
+        let b = batch(vec![("id", ids(id), false), ("v", ids(v), true)]);
+        (cmd(command), b.schema(), vec![b])
+    };
+    let (d, sc, b) = people("overwrite", &[3], &[3]);
+    put(&mut client, d, sc, b).await.unwrap();
+    for _ in 0..2 {
+        let (d, sc, b) = people("upsert", &[3, 4], &[30, 40]);
+        put(&mut client, d, sc, b).await.unwrap();
+        let got = get(&mut client, json!({"target": target, "asset": "people"}))
+            .await
+            .unwrap()
+            .1;
+        assert_eq!(
+            pairs(&got, "v"),
+            [(3, s("30")), (4, s("40"))],
+            "{target}: one row per key"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_upsert_after_an_overwrite_without_key() {
+    let server = TestServer::start().await;
+    upsert_after_an_overwrite_without_key(&server, "duckdb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_upsert_after_an_overwrite_without_key() {
+    let (db, server) = postgres_server().await;
+    upsert_after_an_overwrite_without_key(&server, "postgres").await;
+    server.stop().await;
+    db.drop().await;
+}
+
+/// Starts a put of `b` as `asset` through the target itself, under a chosen put id, and
+/// prepares it: what is left is the commit (or a server dying before it).
+async fn prepared_put(
+    target: &dyn Target,
+    asset: &str,
+    put_id: &str,
+    b: &RecordBatch,
+) -> Box<dyn AssetWriter> {
+    let request = WriteRequest {
+        asset: AssetKey::parse(asset).unwrap(),
+        mode: Mode::Overwrite,
+        partition: None,
+        partition_column: None,
+        key: Vec::new(),
+        options: Default::default(),
+        schema: b.schema(),
+        existing: None,
+        put_id: put_id.to_string(),
+    };
+    let mut writer = target.begin(&request, b.schema()).await.unwrap();
+    writer.write(b.clone()).await.unwrap();
+    writer.prepare().await.unwrap();
+    writer
+}
+
+/// The put the catalog would hold as pending, had the server died during its commit.
+fn pending(target: &dyn Target, asset: &str, put_id: &str, rows: u64) -> PendingPut {
+    let asset = AssetKey::parse(asset).unwrap();
+    PendingPut {
+        id: put_id.to_string(),
+        commit: Commit {
+            target: target.name().to_string(),
+            asset: asset.clone(),
+            schema: Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)])),
+            partition: None,
+            mode: Mode::Overwrite,
+            rows,
+            bytes: 0,
+            location: target.location(&asset, None),
+            asset_location: target.location(&asset, None),
+            total_rows: None,
+            partition_columns: None,
+            duration_ms: 0,
+            idempotency_key: None,
+            put_id: Some(put_id.to_string()),
+        },
+        mark: String::new(),
+        started_at: chrono::Utc::now(),
+    }
+}
+
+/// The commit markers of a table target hold the last committed put of each asset, so
+/// `resolve` rolls a put forward exactly when its commit landed. Leaves `crash/orders` at
+/// put `b` (three rows) and no `crash/other`, `crash/fresh` or `quiver_commits` asset.
+async fn commit_markers_settle_puts(target: &dyn Target) {
+    let rows = |n: i64| batch(vec![("id", ids(&(0..n).collect::<Vec<_>>()), false)]);
+    for (asset, put_id, n) in [
+        ("crash/orders", "a", 2),
+        ("crash/orders", "b", 3),
+        ("crash/other", "c", 1),
+    ] {
+        let written = prepared_put(target, asset, put_id, &rows(n))
+            .await
+            .commit()
+            .await
+            .unwrap();
+        assert_eq!(written.total_rows, Some(n as u64));
+    }
+    // Prepared but never committed: an existing table's overwrite, and a new table.
+    prepared_put(target, "crash/orders", "d", &rows(5))
+        .await
+        .abort()
+        .await
+        .unwrap();
+    prepared_put(target, "crash/fresh", "e", &rows(5))
+        .await
+        .abort()
+        .await
+        .unwrap();
+
+    let landed = target
+        .resolve(&pending(target, "crash/orders", "b", 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        landed,
+        Some(WriteSummary {
+            rows: 3,
+            bytes: 0,
+            location: target.location(&AssetKey::parse("crash/orders").unwrap(), None),
+            total_rows: Some(3),
+        }),
+        "the last committed put rolls forward with the table's row count"
+    );
+    for (asset, put_id) in [
+        ("crash/orders", "d"),
+        ("crash/fresh", "e"),
+        ("crash/orders", "never-sent"),
+    ] {
+        let resolved = target
+            .resolve(&pending(target, asset, put_id, 5))
+            .await
+            .unwrap();
+        assert_eq!(resolved, None, "put {put_id} did not commit");
+    }
+
+    // Deleting an asset forgets its marker with its table.
+    target
+        .delete(&DeleteRequest {
+            asset: AssetKey::parse("crash/other").unwrap(),
+            whole: true,
+            partitions: Vec::new(),
+            partition_columns: None,
+        })
+        .await
+        .unwrap();
+    let refused = target
+        .begin(
+            &WriteRequest {
+                asset: AssetKey::parse("quiver_commits").unwrap(),
+                mode: Mode::Overwrite,
+                partition: None,
+                partition_column: None,
+                key: Vec::new(),
+                options: Default::default(),
+                schema: rows(1).schema(),
+                existing: None,
+                put_id: "f".to_string(),
+            },
+            rows(1).schema(),
+        )
+        .await
+        .err()
+        .expect("the markers' table is not an asset's");
+    assert!(
+        refused.to_string().contains("records its commits"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_commit_markers_settle_interrupted_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("markers.duckdb");
+    let config = DuckDbConfig {
+        path: Some(file.clone()),
+        ..Default::default()
+    };
+    let target = DuckDbTarget::open("duckdb", &config).unwrap();
+    commit_markers_settle_puts(&target).await;
+    drop(target);
+    let db = duckdb::Connection::open(&file).unwrap();
+    let mut query = db
+        .prepare("SELECT asset, put_id FROM main.quiver_commits ORDER BY asset")
+        .unwrap();
+    let markers: Vec<(String, String)> = query
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(markers, [("crash/orders".to_string(), "b".to_string())]);
+    let tables: Vec<String> = db
+        .prepare(
+            "SELECT schema_name || '.' || table_name FROM duckdb_tables() \
+             WHERE database_name = current_database() ORDER BY 1",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        tables,
+        ["crash.orders", "main.quiver_commits"],
+        "an uncommitted put leaves no table, staging or new"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commit_markers_settle_interrupted_puts() {
+    let db = TestDb::create().await;
+    let target = PostgresTarget::open("postgres", &PostgresConfig::from_url(&db.url)).unwrap();
+    commit_markers_settle_puts(&target).await;
+    drop(target);
+    let pg = db.client().await;
+    let markers: Vec<(String, String)> = pg
+        .query(
+            "SELECT asset, put_id FROM public.quiver_commits ORDER BY asset",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(markers, [("crash/orders".to_string(), "b".to_string())]);
+    let tables: Vec<String> = pg
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tables,
+        ["crash.orders", "public.quiver_commits"],
+        "an uncommitted put leaves no table, the overwrite's new one included"
+    );
+    drop(pg);
+    db.drop().await;
+}
+
+/// Puts through Flight leave one marker per asset; the markers' table is not an asset and no
+/// asset may take its name.
+async fn commit_markers_through_flight(server: &TestServer, target: &str) {
+    let mut client = server.client().await;
+    for n in [2, 3] {
+        let b = batch(vec![("id", ids(&(0..n).collect::<Vec<_>>()), false)]);
+        put(
+            &mut client,
+            path(&[target, "analytics", "orders"]),
+            b.schema(),
+            vec![b],
+        )
+        .await
+        .unwrap();
+    }
+    let b = batch(vec![("id", ids(&[1]), false)]);
+    assert_status(
+        put(
+            &mut client,
+            path(&[target, "quiver_commits"]),
+            b.schema(),
+            vec![b],
+        )
+        .await,
+        Code::InvalidArgument,
+        "records its commits",
+    );
+    let listed: Vec<Vec<String>> = client
+        .list_flights(json!({"target": target}).to_string())
+        .await
+        .unwrap()
+        .map_ok(|info| info.flight_descriptor.unwrap().path)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed, [[target, "analytics", "orders"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_commit_markers_through_flight() {
+    let server = TestServer::start().await;
+    commit_markers_through_flight(&server, "duckdb").await;
+    let dir = server.stop().await;
+    let db = duckdb::Connection::open(dir.path().join("data/quiver.duckdb")).unwrap();
+    let (rows, assets): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), count(DISTINCT asset) FROM main.quiver_commits",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, assets), (1, 1), "one marker per asset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commit_markers_through_flight() {
+    let (db, server) = postgres_server().await;
+    commit_markers_through_flight(&server, "postgres").await;
+    server.stop().await;
+    let pg = db.client().await;
+    let assets: Vec<String> = pg
+        .query("SELECT asset FROM public.quiver_commits", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(assets, ["analytics/orders"], "one marker per asset");
+    drop(pg);
+    db.drop().await;
 }
