@@ -24,8 +24,8 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::asset::AssetKey;
-use crate::config::{AnonymousAccess, AuthConfig};
 use crate::error::{Error, Result};
+use serde::Deserialize;
 
 /// PBKDF2 iterations for new password hashes.
 const PBKDF2_ITERATIONS: u32 = 310_000;
@@ -437,10 +437,89 @@ fn decode_hex32(text: &str) -> Result<[u8; 32], String> {
         .ok_or_else(|| "must be 64 hex digits".to_string())
 }
 
+/// What callers without credentials may do.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnonymousAccess {
+    /// Every call needs credentials.
+    #[default]
+    None,
+    /// Anonymous callers may read every asset.
+    Read,
+    /// Anonymous callers may read and write every asset.
+    Write,
+}
+
+/// Users, API tokens and their grants.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub anonymous: AnonymousAccess,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Hex key (at least 64 digits) signing session tokens; random per process when absent.
+    /// Replicas behind one address must share it.
+    pub session_secret: Option<String>,
+    /// How long a session token from a handshake is valid.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("anonymous", &self.anonymous)
+            .field(
+                "users",
+                &self.users.iter().map(|u| &u.name).collect::<Vec<_>>(),
+            )
+            .field(
+                "tokens",
+                &self.tokens.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
+            .field("session_hours", &self.session_hours)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_session_hours() -> u64 {
+    12
+}
+
+/// A user who authenticates with a password (Flight handshake or Basic credentials).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// From `quiver hash-password`.
+    pub password_hash: String,
+    /// Grants: `*`, `target`, `target:*` or `target:asset/prefix`.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Grants to write (writing implies reading).
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+/// A static API token, sent as `authorization: Bearer <token>`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// SHA-256 of the token in hex, from `quiver hash-token`.
+    pub token_sha256: String,
+    #[serde(default)]
+    pub read: Vec<String>,
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{TokenConfig, UserConfig};
 
     fn key(s: &str) -> AssetKey {
         AssetKey::parse(s).unwrap()

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{AnonymousAccess, Config};
+use crate::auth::AnonymousAccess;
+use crate::config::Config;
 use crate::error::Result;
 
 #[derive(Debug, Parser)]

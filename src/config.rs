@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
 use crate::error::{Error, Result};
 use crate::protocol::check_target_name;
+use crate::targets::registry::KINDS;
+pub use crate::targets::registry::TargetConfig;
 
 /// Default Flight listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8815";
@@ -110,7 +113,7 @@ pub struct CatalogConfig {
     /// CA file for `sslmode=verify-ca` / `verify-full` in `url`.
     pub ca_file: Option<PathBuf>,
     /// Most connections to the PostgreSQL catalog.
-    #[serde(default = "default_postgres_pool_size")]
+    #[serde(default = "default_catalog_pool_size")]
     pub pool_size: usize,
 }
 
@@ -121,7 +124,7 @@ impl Default for CatalogConfig {
             url: None,
             schema: default_catalog_schema(),
             ca_file: None,
-            pool_size: default_postgres_pool_size(),
+            pool_size: default_catalog_pool_size(),
         }
     }
 }
@@ -154,86 +157,6 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// PEM CA certificates; when set, every client must present a certificate signed by one.
     pub client_ca_file: Option<PathBuf>,
-}
-
-/// What callers without credentials may do.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AnonymousAccess {
-    /// Every call needs credentials.
-    #[default]
-    None,
-    /// Anonymous callers may read every asset.
-    Read,
-    /// Anonymous callers may read and write every asset.
-    Write,
-}
-
-/// Users, API tokens and their grants.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    #[serde(default)]
-    pub anonymous: AnonymousAccess,
-    #[serde(default)]
-    pub users: Vec<UserConfig>,
-    #[serde(default)]
-    pub tokens: Vec<TokenConfig>,
-    /// Hex key (at least 64 digits) signing session tokens; random per process when absent.
-    /// Replicas behind one address must share it.
-    pub session_secret: Option<String>,
-    /// How long a session token from a handshake is valid.
-    #[serde(default = "default_session_hours")]
-    pub session_hours: u64,
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("anonymous", &self.anonymous)
-            .field(
-                "users",
-                &self.users.iter().map(|u| &u.name).collect::<Vec<_>>(),
-            )
-            .field(
-                "tokens",
-                &self.tokens.iter().map(|t| &t.name).collect::<Vec<_>>(),
-            )
-            .field("session_hours", &self.session_hours)
-            .finish_non_exhaustive()
-    }
-}
-
-fn default_session_hours() -> u64 {
-    12
-}
-
-/// A user who authenticates with a password (Flight handshake or Basic credentials).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    /// From `quiver hash-password`.
-    pub password_hash: String,
-    /// Grants: `*`, `target`, `target:*` or `target:asset/prefix`.
-    #[serde(default)]
-    pub read: Vec<String>,
-    /// Grants to write (writing implies reading).
-    #[serde(default)]
-    pub write: Vec<String>,
-}
-
-/// A static API token, sent as `authorization: Bearer <token>`.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    pub name: String,
-    /// SHA-256 of the token in hex, from `quiver hash-token`.
-    pub token_sha256: String,
-    #[serde(default)]
-    pub read: Vec<String>,
-    #[serde(default)]
-    pub write: Vec<String>,
 }
 
 /// The HTTP endpoint for Prometheus and Kubernetes probes.
@@ -355,315 +278,7 @@ fn default_max_frame_bytes() -> u32 {
     1024 * 1024
 }
 
-/// One target, selected by `kind`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum TargetConfig {
-    Parquet(ParquetConfig),
-    Json(FileConfig),
-    Csv(FileConfig),
-    Arrow(ArrowConfig),
-    Duckdb(DuckDbConfig),
-    Postgres(PostgresConfig),
-    Elasticsearch(SearchConfig),
-    Opensearch(SearchConfig),
-    /// Keeps nothing: for measuring the Flight transport alone (see docs/benchmarks.md).
-    Discard(DiscardConfig),
-}
-
-/// The discard target has no settings.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DiscardConfig {}
-
-impl TargetConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Parquet(_) => "parquet",
-            Self::Json(_) => "json",
-            Self::Csv(_) => "csv",
-            Self::Arrow(_) => "arrow",
-            Self::Duckdb(_) => "duckdb",
-            Self::Postgres(_) => "postgres",
-            Self::Elasticsearch(_) => "elasticsearch",
-            Self::Opensearch(_) => "opensearch",
-            Self::Discard(_) => "discard",
-        }
-    }
-
-    /// Fills in the default storage location under `data_dir`.
-    fn default_location(&mut self, data_dir: &Path, name: &str) {
-        let root = match self {
-            Self::Parquet(c) => &mut c.root,
-            Self::Json(c) | Self::Csv(c) => &mut c.root,
-            Self::Arrow(c) => &mut c.root,
-            Self::Duckdb(c) => {
-                if c.path.is_none() {
-                    let file = if name == "duckdb" {
-                        "quiver.duckdb".to_string()
-                    } else {
-                        format!("{name}.duckdb")
-                    };
-                    c.path = Some(data_dir.join(file));
-                }
-                return;
-            }
-            Self::Postgres(_) | Self::Elasticsearch(_) | Self::Opensearch(_) | Self::Discard(_) => {
-                return;
-            }
-        };
-        if root.is_none() {
-            *root = Some(data_dir.join(name).to_string_lossy().into_owned());
-        }
-    }
-}
-
-/// Object store settings of a file target; values may be secrets and are never printed.
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[serde(transparent)]
-pub struct StorageOptions(pub BTreeMap<String, String>);
-
-impl std::fmt::Debug for StorageOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "<redacted>")))
-            .finish()
-    }
-}
-
-/// Settings shared by the JSON (NDJSON) and CSV targets.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// A directory path, `file://` URL or `s3://bucket/prefix`. Default:
-    /// `<data_dir>/<target name>`.
-    pub root: Option<String>,
-    /// Object store settings for URL roots, e.g. `aws_endpoint`, `aws_region`,
-    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`,
-    /// `aws_virtual_hosted_style_request` (object_store's names).
-    #[serde(default)]
-    pub storage: StorageOptions,
-    /// Threads that encode slices of one batch at once; the machine's cores when absent.
-    pub threads: Option<usize>,
-}
-
-/// Parquet target settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ParquetConfig {
-    /// A directory path, `file://` URL or `s3://bucket/prefix`. Default:
-    /// `<data_dir>/<target name>`.
-    pub root: Option<String>,
-    /// Object store settings for URL roots, e.g. `aws_endpoint`, `aws_region`,
-    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`,
-    /// `aws_virtual_hosted_style_request` (object_store's names).
-    #[serde(default)]
-    pub storage: StorageOptions,
-    /// `none`, `snappy`, `gzip`, `lz4`, `zstd` or `brotli`.
-    #[serde(default = "default_parquet_compression")]
-    pub compression: String,
-    /// Codec level for `gzip`, `zstd` and `brotli`; the codec's default when absent.
-    pub compression_level: Option<u32>,
-    /// Most rows per row group.
-    #[serde(default = "default_row_group_size")]
-    pub row_group_size: usize,
-    /// Threads that encode (and read back) the columns of one file; the machine's cores when
-    /// absent.
-    pub threads: Option<usize>,
-}
-
-impl Default for ParquetConfig {
-    fn default() -> Self {
-        Self {
-            root: None,
-            storage: StorageOptions::default(),
-            compression: default_parquet_compression(),
-            compression_level: None,
-            row_group_size: default_row_group_size(),
-            threads: None,
-        }
-    }
-}
-
-fn default_parquet_compression() -> String {
-    "zstd".to_string()
-}
-
-fn default_row_group_size() -> usize {
-    1024 * 1024
-}
-
-/// Arrow IPC file (Feather v2) target settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ArrowConfig {
-    /// A directory path, `file://` URL or `s3://bucket/prefix`. Default:
-    /// `<data_dir>/<target name>`.
-    pub root: Option<String>,
-    /// Object store settings for URL roots, e.g. `aws_endpoint`, `aws_region`,
-    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`,
-    /// `aws_virtual_hosted_style_request` (object_store's names).
-    #[serde(default)]
-    pub storage: StorageOptions,
-    /// Buffer compression: `none`, `lz4` or `zstd`.
-    #[serde(default = "default_ipc_compression")]
-    pub compression: String,
-}
-
-impl Default for ArrowConfig {
-    fn default() -> Self {
-        Self {
-            root: None,
-            storage: StorageOptions::default(),
-            compression: default_ipc_compression(),
-        }
-    }
-}
-
-fn default_ipc_compression() -> String {
-    "none".to_string()
-}
-
-/// DuckDB target settings.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DuckDbConfig {
-    /// Database file. Default: `<data_dir>/quiver.duckdb` for the target named `duckdb`,
-    /// `<data_dir>/<name>.duckdb` for others.
-    pub path: Option<PathBuf>,
-    /// DuckDB worker threads; DuckDB's default (all cores) when absent.
-    pub threads: Option<u32>,
-    /// DuckDB memory limit, e.g. "4GB"; DuckDB's default (80% of RAM) when absent.
-    pub memory_limit: Option<String>,
-}
-
-/// PostgreSQL target settings.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// `postgres://user:password@host:port/database?sslmode=...`; `sslmode` may be `disable`,
-    /// `prefer`, `require`, `verify-ca` or `verify-full`, `sslrootcert` a CA file.
-    pub url: String,
-    /// Schema of assets whose key has a single segment.
-    #[serde(default = "default_postgres_schema")]
-    pub schema: String,
-    /// PEM file of the certificate authorities trusted for `verify-ca` / `verify-full`.
-    pub ca_file: Option<PathBuf>,
-    /// Most connections the target opens; each running put or read holds one.
-    #[serde(default = "default_postgres_pool_size")]
-    pub pool_size: usize,
-}
-
-impl PostgresConfig {
-    /// A target for `url` with every other setting at its default.
-    pub fn from_url(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            schema: default_postgres_schema(),
-            ca_file: None,
-            pool_size: default_postgres_pool_size(),
-        }
-    }
-}
-
-/// The URL holds a password: never print it.
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &"<redacted>")
-            .field("schema", &self.schema)
-            .field("ca_file", &self.ca_file)
-            .field("pool_size", &self.pool_size)
-            .finish()
-    }
-}
-
-/// Elasticsearch and OpenSearch target settings.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SearchConfig {
-    /// `http(s)://host:port`; a user and password in the URL are sent as basic credentials.
-    pub url: String,
-    /// Basic credentials (instead of putting them in the URL).
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// An encoded API key (base64 of `id:key`), sent as `Authorization: ApiKey …`.
-    pub api_key: Option<String>,
-    /// PEM file of the certificate authorities trusted for an `https` URL.
-    pub ca_file: Option<PathBuf>,
-    /// Prepended to every alias and index name this target creates.
-    #[serde(default)]
-    pub index_prefix: String,
-    /// Size of one `_bulk` request body, in bytes.
-    #[serde(default = "default_bulk_bytes")]
-    pub bulk_bytes: usize,
-    /// `_bulk` requests in flight at once per put.
-    #[serde(default = "default_bulk_concurrency")]
-    pub bulk_concurrency: usize,
-    /// `number_of_shards` of new indices; the cluster's default when absent.
-    pub shards: Option<u32>,
-    /// `number_of_replicas` of new indices once loaded; the cluster's default when absent.
-    pub replicas: Option<u32>,
-    /// Seconds one request to the cluster may take.
-    #[serde(default = "default_search_timeout_secs")]
-    pub timeout_secs: u64,
-}
-
-impl SearchConfig {
-    /// A target for `url` with every other setting at its default.
-    pub fn from_url(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            username: None,
-            password: None,
-            api_key: None,
-            ca_file: None,
-            index_prefix: String::new(),
-            bulk_bytes: default_bulk_bytes(),
-            bulk_concurrency: default_bulk_concurrency(),
-            shards: None,
-            replicas: None,
-            timeout_secs: default_search_timeout_secs(),
-        }
-    }
-}
-
-/// The URL, password and API key are secrets: never print them.
-impl std::fmt::Debug for SearchConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SearchConfig")
-            .field("url", &"<redacted>")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("ca_file", &self.ca_file)
-            .field("index_prefix", &self.index_prefix)
-            .field("bulk_bytes", &self.bulk_bytes)
-            .field("bulk_concurrency", &self.bulk_concurrency)
-            .field("shards", &self.shards)
-            .field("replicas", &self.replicas)
-            .field("timeout_secs", &self.timeout_secs)
-            .finish()
-    }
-}
-
-fn default_bulk_bytes() -> usize {
-    10 * 1024 * 1024
-}
-
-fn default_bulk_concurrency() -> usize {
-    4
-}
-
-fn default_search_timeout_secs() -> u64 {
-    120
-}
-
-fn default_postgres_schema() -> String {
-    "public".to_string()
-}
-
-fn default_postgres_pool_size() -> usize {
+fn default_catalog_pool_size() -> usize {
     8
 }
 
@@ -678,26 +293,9 @@ impl Config {
             )));
         }
         for (name, target) in targets {
-            let root = match target {
-                TargetConfig::Duckdb(_) => {
-                    return Err(Error::config(format!(
-                        "replicas = {replicas}: target '{name}' is DuckDB, whose database file one \
-                         process owns; remove it or run one replica"
-                    )));
-                }
-                TargetConfig::Postgres(_)
-                | TargetConfig::Elasticsearch(_)
-                | TargetConfig::Opensearch(_)
-                | TargetConfig::Discard(_) => continue,
-                TargetConfig::Parquet(c) => c.root.as_deref(),
-                TargetConfig::Arrow(c) => c.root.as_deref(),
-                TargetConfig::Json(c) | TargetConfig::Csv(c) => c.root.as_deref(),
-            };
-            let shared = root.is_some_and(|r| r.starts_with("s3://"));
-            if !shared {
+            if let Some(reason) = target.unshareable() {
                 return Err(Error::config(format!(
-                    "replicas = {replicas}: target '{name}' keeps files on a local path, which \
-                     other replicas cannot see; give it an s3:// root or run one replica"
+                    "replicas = {replicas}: target '{name}' cannot be shared: {reason}"
                 )));
             }
         }
@@ -720,42 +318,44 @@ impl Config {
     /// The targets this configuration enables, with every default filled in.
     pub fn resolved_targets(&self) -> BTreeMap<String, TargetConfig> {
         let mut targets = self.targets.clone().unwrap_or_else(|| {
+            // Not mutated in a build without the optional kinds.
+            #[allow(unused_mut)]
             let mut defaults = BTreeMap::from([
                 (
                     "parquet".to_string(),
-                    TargetConfig::Parquet(ParquetConfig::default()),
+                    TargetConfig::Parquet(Default::default()),
                 ),
-                (
-                    "json".to_string(),
-                    TargetConfig::Json(FileConfig::default()),
-                ),
-                ("csv".to_string(), TargetConfig::Csv(FileConfig::default())),
-                (
-                    "arrow".to_string(),
-                    TargetConfig::Arrow(ArrowConfig::default()),
-                ),
-                (
-                    "duckdb".to_string(),
-                    TargetConfig::Duckdb(DuckDbConfig::default()),
-                ),
+                ("json".to_string(), TargetConfig::Json(Default::default())),
+                ("csv".to_string(), TargetConfig::Csv(Default::default())),
+                ("arrow".to_string(), TargetConfig::Arrow(Default::default())),
             ]);
+            #[cfg(feature = "duckdb")]
+            defaults.insert(
+                "duckdb".to_string(),
+                TargetConfig::Duckdb(Default::default()),
+            );
+            #[cfg(feature = "postgres")]
             if let Some(url) = &self.postgres_url {
                 defaults.insert(
                     "postgres".to_string(),
-                    TargetConfig::Postgres(PostgresConfig::from_url(url)),
+                    TargetConfig::Postgres(crate::targets::postgres::PostgresConfig::from_url(url)),
                 );
             }
-            if let Some(url) = &self.elasticsearch_url {
-                defaults.insert(
-                    "elasticsearch".to_string(),
-                    TargetConfig::Elasticsearch(SearchConfig::from_url(url)),
-                );
-            }
-            if let Some(url) = &self.opensearch_url {
-                defaults.insert(
-                    "opensearch".to_string(),
-                    TargetConfig::Opensearch(SearchConfig::from_url(url)),
-                );
+            #[cfg(feature = "search")]
+            for (name, url, build) in [
+                (
+                    "elasticsearch",
+                    &self.elasticsearch_url,
+                    TargetConfig::Elasticsearch as fn(_) -> _,
+                ),
+                ("opensearch", &self.opensearch_url, TargetConfig::Opensearch),
+            ] {
+                if let Some(url) = url {
+                    defaults.insert(
+                        name.to_string(),
+                        build(crate::targets::search::SearchConfig::from_url(url)),
+                    );
+                }
             }
             defaults
         });
@@ -806,7 +406,7 @@ impl Config {
                     "[catalog] sets both path (SQLite) and url (PostgreSQL); keep one",
                 ));
             }
-            crate::targets::postgres::connection::settings(url, self.catalog.ca_file.as_deref())
+            crate::pg::settings(url, self.catalog.ca_file.as_deref())
                 .map_err(|e| Error::config(format!("[catalog] {e}")))?;
             if self.catalog.pool_size == 0 {
                 return Err(Error::config("[catalog] pool_size must be at least 1"));
@@ -823,41 +423,34 @@ impl Config {
         }
         for (name, target) in &targets {
             check_target_name(name).map_err(|e| Error::config(e.to_string()))?;
-            match target {
-                TargetConfig::Parquet(c) => {
-                    crate::targets::file::parquet::writer_properties(c)
-                        .and_then(|_| crate::targets::file::parallel::threads(c.threads))
-                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
-                }
-                TargetConfig::Arrow(c) => {
-                    crate::targets::file::arrow::compression(&c.compression)
-                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
-                }
-                TargetConfig::Duckdb(c) => {
-                    if c.threads == Some(0) {
-                        return Err(Error::config(format!(
-                            "[targets.{name}] threads must be at least 1"
-                        )));
-                    }
-                }
-                TargetConfig::Postgres(c) => {
-                    crate::targets::postgres::connection::settings(&c.url, c.ca_file.as_deref())
-                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
-                    if c.pool_size == 0 {
-                        return Err(Error::config(format!(
-                            "[targets.{name}] pool_size must be at least 1"
-                        )));
-                    }
-                }
-                TargetConfig::Elasticsearch(c) | TargetConfig::Opensearch(c) => {
-                    crate::targets::search::check_config(c)
-                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
-                }
-                TargetConfig::Json(c) | TargetConfig::Csv(c) => {
-                    crate::targets::file::parallel::threads(c.threads)
-                        .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
-                }
-                TargetConfig::Discard(_) => {}
+            target
+                .validate()
+                .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
+        }
+        self.check_default_urls()
+    }
+
+    /// A URL variable naming a target kind this build left out is refused, not ignored.
+    fn check_default_urls(&self) -> Result<()> {
+        if self.targets.is_some() {
+            return Ok(());
+        }
+        for (variable, url, kind) in [
+            ("QUIVER_POSTGRES_URL", &self.postgres_url, "postgres"),
+            (
+                "QUIVER_ELASTICSEARCH_URL",
+                &self.elasticsearch_url,
+                "elasticsearch",
+            ),
+            ("QUIVER_OPENSEARCH_URL", &self.opensearch_url, "opensearch"),
+        ] {
+            let missing = KINDS.iter().find(|k| k.kind == kind && !k.compiled);
+            if let (Some(_), Some(info)) = (url, missing) {
+                return Err(Error::config(format!(
+                    "{variable} asks for a {kind} target, but target kind `{kind}` is not in this \
+                     build (cargo feature `{}`)",
+                    info.feature.unwrap_or(kind)
+                )));
             }
         }
         Ok(())
@@ -869,6 +462,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "duckdb")]
     fn no_file_means_the_built_in_targets_under_data() {
         let config = Config::default();
         config.validate().unwrap();
@@ -972,6 +566,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "postgres")]
     fn several_replicas_need_shared_storage() {
         let mut config = Config {
             replicas: 3,
@@ -988,12 +583,31 @@ mod tests {
         assert!(!err.contains("pw@"), "{err}");
         config.targets = Some(BTreeMap::from([(
             "warehouse".to_string(),
-            TargetConfig::Postgres(PostgresConfig::from_url("postgres://u@db/w")),
+            TargetConfig::Postgres(crate::targets::postgres::PostgresConfig::from_url(
+                "postgres://u@db/w",
+            )),
         )]));
         config.validate().unwrap();
     }
 
     #[test]
+    #[cfg(not(feature = "postgres"))]
+    fn a_url_for_a_kind_left_out_of_the_build_is_refused() {
+        let config = Config {
+            postgres_url: Some("postgres://u:pw@db/x".into()),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("QUIVER_POSTGRES_URL")
+                && err.contains("is not in this build (cargo feature `postgres`)"),
+            "{err}"
+        );
+        assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    #[cfg(feature = "search")]
     fn search_targets_come_from_urls_or_tables() {
         let config = Config {
             elasticsearch_url: Some("http://elastic:pw@es:9200".into()),

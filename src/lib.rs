@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod pg;
 pub mod server;
 pub mod service;
 pub mod targets;

@@ -18,7 +18,7 @@ use super::{
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, PutSummary};
-use crate::targets::postgres::connection;
+use crate::pg;
 use crate::targets::sql::quote;
 
 /// Tables of the catalog; `{schema}` is replaced by the quoted schema name.
@@ -97,7 +97,7 @@ impl PostgresCatalog {
         ca_file: Option<&std::path::Path>,
         pool_size: usize,
     ) -> Result<Self> {
-        let (pool, display) = connection::pool(url, ca_file, pool_size)
+        let (pool, display) = pg::pool(url, ca_file, pool_size)
             .map_err(|e| Error::config(format!("[catalog] {e}")))?;
         let catalog = Self {
             pool,

@@ -3,6 +3,8 @@
 //! docs/benchmarks.md). It exists only when configured (`kind = "discard"`); reads of its
 //! assets fail with `FAILED_PRECONDITION`.
 
+use std::sync::Arc;
+
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
@@ -11,6 +13,7 @@ use crate::asset::{AssetKey, Partition};
 use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
+use crate::targets::registry::TargetKind;
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SendableBatchStream, Target, WriteRequest,
     WriteSummary, partition_location,
@@ -106,5 +109,25 @@ impl AssetWriter for DiscardWriter {
 
     async fn abort(self: Box<Self>) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The discard target has no settings.
+#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardConfig {}
+
+/// The `discard` kind.
+pub struct Discard;
+
+impl TargetKind for Discard {
+    type Config = DiscardConfig;
+
+    fn unshareable(_config: &DiscardConfig) -> Option<String> {
+        None
+    }
+
+    fn build(name: &str, _config: &DiscardConfig) -> Result<Arc<dyn Target>> {
+        Ok(Arc::new(DiscardTarget::new(name)))
     }
 }

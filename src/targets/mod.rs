@@ -18,9 +18,13 @@
 //! (the put id in a transaction).
 
 pub mod discard;
+#[cfg(feature = "duckdb")]
 pub mod duckdb;
 pub mod file;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod registry;
+#[cfg(feature = "search")]
 pub mod search;
 pub mod sql;
 
@@ -35,9 +39,9 @@ use futures::Stream;
 
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::catalog::PendingPut;
-use crate::config::TargetConfig;
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
+use crate::targets::registry::TargetConfig;
 
 /// Locks a mutex shared between a target's threads. Whoever panicked while holding it has its
 /// panic reported on its own (a thread scope re-raises it, a task's join fails), so a poisoned
@@ -208,29 +212,10 @@ pub struct Targets {
 impl Targets {
     /// Builds every configured target. Nothing is written until the first put.
     pub fn from_config(configs: &BTreeMap<String, TargetConfig>) -> Result<Self> {
-        let mut by_name: BTreeMap<String, Arc<dyn Target>> = BTreeMap::new();
-        for (name, config) in configs {
-            let target: Arc<dyn Target> = match config {
-                TargetConfig::Parquet(c) => Arc::new(file::FileTarget::parquet(name, c)?),
-                TargetConfig::Json(c) => Arc::new(file::FileTarget::json(name, c)?),
-                TargetConfig::Csv(c) => Arc::new(file::FileTarget::csv(name, c)?),
-                TargetConfig::Arrow(c) => Arc::new(file::FileTarget::arrow(name, c)?),
-                TargetConfig::Duckdb(c) => Arc::new(duckdb::DuckDbTarget::open(name, c)?),
-                TargetConfig::Postgres(c) => Arc::new(postgres::PostgresTarget::open(name, c)?),
-                TargetConfig::Elasticsearch(c) => Arc::new(search::SearchTarget::open(
-                    name,
-                    search::Flavour::Elasticsearch,
-                    c,
-                )?),
-                TargetConfig::Opensearch(c) => Arc::new(search::SearchTarget::open(
-                    name,
-                    search::Flavour::OpenSearch,
-                    c,
-                )?),
-                TargetConfig::Discard(_) => Arc::new(discard::DiscardTarget::new(name)),
-            };
-            by_name.insert(name.clone(), target);
-        }
+        let by_name = configs
+            .iter()
+            .map(|(name, config)| Ok((name.clone(), config.build(name)?)))
+            .collect::<Result<_>>()?;
         Ok(Self { by_name })
     }
 

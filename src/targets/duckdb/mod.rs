@@ -10,6 +10,7 @@
 //! The put's id goes into `main.quiver_commits` in the put's transaction (see
 //! [`CommitMarkers`]), so [`Target::resolve`] can read whether an interrupted put committed.
 
+mod config;
 pub mod types;
 
 use std::path::PathBuf;
@@ -25,7 +26,6 @@ use tokio::sync::{mpsc, oneshot};
 use self::types::{column_definition, restore, storage_schema, to_storage};
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::catalog::PendingPut;
-use crate::config::DuckDbConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 use crate::targets::sql::{CommitMarkers, TableName as Table, literal, quote};
@@ -33,6 +33,7 @@ use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
     WriteRequest, WriteSummary, lock,
 };
+pub use config::{DuckDb, DuckDbConfig};
 
 /// Batches waiting for the writer thread.
 const WRITE_QUEUE: usize = 2;

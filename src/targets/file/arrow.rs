@@ -9,8 +9,8 @@ use arrow_schema::{Schema, SchemaRef};
 use async_trait::async_trait;
 use futures::StreamExt;
 
+use super::ArrowConfig;
 use super::{Encoder, Format, PinnedObject, SharedBuffer, async_stream_batches, refuse_options};
-use crate::config::ArrowConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Options;
 use crate::targets::SendableBatchStream;

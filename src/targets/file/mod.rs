@@ -9,6 +9,7 @@
 //! disk, a completed multipart upload on S3). Aborting or dropping the writer discards it.
 
 pub mod arrow;
+mod config;
 pub mod csv;
 pub mod json;
 pub(crate) mod parallel;
@@ -36,12 +37,14 @@ use tokio::task::JoinHandle;
 
 use crate::asset::{AssetKey, Partition};
 use crate::catalog::PendingPut;
-use crate::config::{ArrowConfig, FileConfig, ParquetConfig, StorageOptions};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SendableBatchStream, Target, WriteRequest,
     WriteSummary,
+};
+pub use config::{
+    Arrow, ArrowConfig, Csv, FileConfig, Json, Parquet, ParquetConfig, StorageOptions,
 };
 
 /// Bytes buffered before an upload part is sent.
@@ -368,8 +371,9 @@ impl Target for FileTarget {
         let buffer = SharedBuffer::default();
         let encoder = self.format.encoder(schema, buffer.clone(), &req.options)?;
         let path = self.path(&req.asset, req.partition.as_ref());
-        let sink = BufWriter::with_capacity(Arc::clone(&self.store), path.clone(), UPLOAD_PART_BYTES)
-            .with_max_concurrency(UPLOAD_CONCURRENCY);
+        let sink =
+            BufWriter::with_capacity(Arc::clone(&self.store), path.clone(), UPLOAD_PART_BYTES)
+                .with_max_concurrency(UPLOAD_CONCURRENCY);
         Ok(Box::new(FileWriter {
             target: self.name.clone(),
             store: Arc::clone(&self.store),

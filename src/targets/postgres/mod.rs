@@ -22,7 +22,7 @@
 //! (see [`CommitMarkers`]), so [`Target::resolve`] can read whether an interrupted put
 //! committed.
 
-pub mod connection;
+pub mod config;
 pub mod copy;
 pub mod types;
 
@@ -41,7 +41,6 @@ use tokio_postgres::error::SqlState;
 use self::types::{PgType, column_definition};
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::catalog::PendingPut;
-use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 use crate::targets::sql::{CommitMarkers, TableName, quote};
@@ -49,6 +48,7 @@ use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
     WriteRequest, WriteSummary,
 };
+pub use config::{Postgres, PostgresConfig};
 
 /// PostgreSQL truncates longer identifiers, which would make two names one.
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -73,7 +73,7 @@ impl PostgresTarget {
     /// Builds the target and its connection pool; nothing connects until first use.
     pub fn open(name: &str, config: &PostgresConfig) -> Result<Self> {
         let (pool, display) =
-            connection::pool(&config.url, config.ca_file.as_deref(), config.pool_size)
+            crate::pg::pool(&config.url, config.ca_file.as_deref(), config.pool_size)
                 .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
         Ok(Self {
             name: name.to_string(),

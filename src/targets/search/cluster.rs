@@ -12,7 +12,7 @@ use elasticsearch::http::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
 use super::Flavour;
-use crate::config::SearchConfig;
+use super::SearchConfig;
 use crate::error::{Error, Result};
 
 /// How long a point in time or scroll stays open between two pages.

@@ -13,6 +13,7 @@
 
 mod bulk;
 mod cluster;
+mod config;
 mod mapping;
 mod read;
 
@@ -23,7 +24,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use crate::asset::{AssetKey, Partition};
-use crate::config::SearchConfig;
+pub use config::{Elasticsearch, OpenSearch, SearchConfig};
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
 use crate::targets::{

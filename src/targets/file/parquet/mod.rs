@@ -16,8 +16,8 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 
+use super::ParquetConfig;
 use super::{Encoder, Format, PinnedObject, SharedBuffer, refuse_options};
-use crate::config::ParquetConfig;
 use crate::error::{Error, Result};
 use crate::protocol::Options;
 use crate::targets::SendableBatchStream;

@@ -1,4 +1,5 @@
-//! Connecting to PostgreSQL: the URL, `sslmode` as libpq reads it, and TLS through rustls.
+//! PostgreSQL connections, for the PostgreSQL catalog and target: the URL, `sslmode` as libpq
+//! reads it, and TLS through rustls.
 //!
 //! tokio-postgres itself knows `disable`, `prefer` and `require`; the verifying modes are
 //! implemented here with rustls: `verify-ca` checks the chain against the CA file,
