@@ -3,6 +3,7 @@
 //! The embedded backend is SQLite; the [`Catalog`] trait keeps the service independent of it so
 //! a shared backend can serve a cluster of servers.
 
+mod bookkeeping;
 pub mod postgres;
 pub mod sqlite;
 
@@ -157,20 +158,6 @@ pub(crate) fn parse_mode(text: &str) -> Result<Mode> {
             "reading history",
             format!("unknown mode {other:?}"),
         )),
-    }
-}
-
-/// Rows and bytes of an unpartitioned asset after a commit: an overwrite (or a first write)
-/// replaces the previous totals, other modes add to them.
-pub(crate) fn unpartitioned_totals(
-    mode: Mode,
-    previous: Option<(i64, i64)>,
-    rows: i64,
-    bytes: i64,
-) -> (i64, i64) {
-    match (mode, previous) {
-        (Mode::Overwrite, _) | (_, None) => (rows, bytes),
-        (_, Some((before_rows, before_bytes))) => (before_rows + rows, before_bytes + bytes),
     }
 }
 

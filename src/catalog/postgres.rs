@@ -8,17 +8,18 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Transaction};
 
+use super::bookkeeping::{self, AssetRow, HistoryRow, Ledger, PartitionRow, Totals};
 use super::{
     AssetGuard, AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, PendingPut,
-    decode_schema, encode_schema, parse_mode, unpartitioned_totals,
+    decode_schema, parse_mode,
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
-use crate::protocol::{Mode, PutSummary};
-use crate::pg;
+use crate::targets::postgres::connection;
+use crate::protocol::PutSummary;
 use crate::targets::sql::quote;
 
 /// Tables of the catalog; `{schema}` is replaced by the quoted schema name.
@@ -97,7 +98,7 @@ impl PostgresCatalog {
         ca_file: Option<&std::path::Path>,
         pool_size: usize,
     ) -> Result<Self> {
-        let (pool, display) = pg::pool(url, ca_file, pool_size)
+        let (pool, display) = connection::pool(url, ca_file, pool_size)
             .map_err(|e| Error::config(format!("[catalog] {e}")))?;
         let catalog = Self {
             pool,
@@ -147,10 +148,6 @@ fn lock_id(target: &str, asset: &AssetKey) -> i64 {
     );
     let bytes: [u8; 8] = id.as_bytes()[..8].try_into().expect("16 bytes");
     i64::from_be_bytes(bytes)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 async fn load<C: tokio_postgres::GenericClient>(
@@ -272,6 +269,213 @@ impl Drop for AdvisoryLock {
     }
 }
 
+/// A commit's or a delete's statements, in one PostgreSQL transaction.
+struct PgLedger<'a> {
+    tx: &'a Transaction<'a>,
+    catalog: &'a PostgresCatalog,
+}
+
+impl PostgresCatalog {
+    fn ledger<'a>(&'a self, tx: &'a Transaction<'a>) -> PgLedger<'a> {
+        PgLedger { tx, catalog: self }
+    }
+}
+
+impl PgLedger<'_> {
+    async fn execute(
+        &self,
+        action: &'static str,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<()> {
+        self.tx
+            .execute(&self.catalog.sql(statement), params)
+            .await
+            .map_err(db_err(action))?;
+        Ok(())
+    }
+}
+
+fn totals(r: &Row, rows: usize) -> Totals {
+    Totals {
+        rows: r.get(rows),
+        bytes: r.get(rows + 1),
+    }
+}
+
+impl Ledger for PgLedger<'_> {
+    async fn asset(&mut self, target: &str, asset: &str) -> Result<Option<(i64, Totals)>> {
+        Ok(self
+            .tx
+            .query_opt(
+                &self.catalog.sql(
+                    "SELECT version, rows, bytes FROM {schema}.assets
+                     WHERE target = $1 AND asset = $2 FOR UPDATE",
+                ),
+                &[&target, &asset],
+            )
+            .await
+            .map_err(db_err("reading an asset"))?
+            .map(|r| (r.get(0), totals(&r, 1))))
+    }
+
+    async fn partition(
+        &mut self,
+        target: &str,
+        asset: &str,
+        partition: &str,
+    ) -> Result<Option<Totals>> {
+        Ok(self
+            .tx
+            .query_opt(
+                &self.catalog.sql(
+                    "SELECT rows, bytes FROM {schema}.partitions
+                     WHERE target = $1 AND asset = $2 AND partition = $3",
+                ),
+                &[&target, &asset, &partition],
+            )
+            .await
+            .map_err(db_err("reading a partition"))?
+            .map(|r| totals(&r, 0)))
+    }
+
+    async fn partition_sums(&mut self, target: &str, asset: &str) -> Result<(i64, Totals)> {
+        let r = self
+            .tx
+            .query_one(
+                &self.catalog.sql(
+                    "SELECT count(*), COALESCE(SUM(rows), 0)::bigint, COALESCE(SUM(bytes), 0)::bigint
+                     FROM {schema}.partitions WHERE target = $1 AND asset = $2",
+                ),
+                &[&target, &asset],
+            )
+            .await
+            .map_err(db_err("summing partitions"))?;
+        Ok((r.get(0), totals(&r, 1)))
+    }
+
+    async fn put_partition(&mut self, p: &PartitionRow<'_>) -> Result<()> {
+        self.execute(
+            "recording a partition",
+            "INSERT INTO {schema}.partitions
+                (target, asset, partition, rows, bytes, location, version, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (target, asset, partition) DO UPDATE SET
+                rows = excluded.rows, bytes = excluded.bytes,
+                location = excluded.location, version = excluded.version,
+                updated_at = excluded.updated_at",
+            &[
+                &p.target,
+                &p.asset,
+                &p.partition,
+                &p.totals.rows,
+                &p.totals.bytes,
+                &p.location,
+                &p.version,
+                &p.at,
+            ],
+        )
+        .await
+    }
+
+    async fn put_asset(&mut self, a: &AssetRow<'_>) -> Result<()> {
+        self.execute(
+            "recording an asset",
+            "INSERT INTO {schema}.assets (target, asset, schema, layout, version, rows, bytes,
+                location, created_at, updated_at, partition_columns)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)
+             ON CONFLICT (target, asset) DO UPDATE SET
+                schema = excluded.schema, layout = excluded.layout, version = excluded.version,
+                rows = excluded.rows, bytes = excluded.bytes, location = excluded.location,
+                updated_at = excluded.updated_at, partition_columns = excluded.partition_columns",
+            &[
+                &a.target,
+                &a.asset,
+                &a.schema,
+                &a.layout,
+                &a.version,
+                &a.totals.rows,
+                &a.totals.bytes,
+                &a.location,
+                &a.at,
+                &a.partition_columns,
+            ],
+        )
+        .await
+    }
+
+    async fn update_asset(
+        &mut self,
+        target: &str,
+        asset: &str,
+        version: i64,
+        totals: Totals,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.execute(
+            "updating an asset",
+            "UPDATE {schema}.assets SET version = $3, rows = $4, bytes = $5, updated_at = $6
+             WHERE target = $1 AND asset = $2",
+            &[&target, &asset, &version, &totals.rows, &totals.bytes, &at],
+        )
+        .await
+    }
+
+    async fn add_history(&mut self, h: &HistoryRow<'_>) -> Result<()> {
+        self.execute(
+            "recording history",
+            "INSERT INTO {schema}.history (target, asset, version, mode, partition, rows, bytes,
+                location, duration_ms, written_at, idempotency_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &h.target,
+                &h.asset,
+                &h.version,
+                &h.mode,
+                &h.partition,
+                &h.written.rows,
+                &h.written.bytes,
+                &h.location,
+                &h.duration_ms,
+                &h.at,
+                &h.idempotency_key,
+            ],
+        )
+        .await
+    }
+
+    async fn delete_partitions(&mut self, target: &str, asset: &str, ids: &[String]) -> Result<()> {
+        self.execute(
+            "deleting a partition",
+            "DELETE FROM {schema}.partitions
+             WHERE target = $1 AND asset = $2 AND partition = ANY($3)",
+            &[&target, &asset, &ids],
+        )
+        .await
+    }
+
+    async fn delete_asset(&mut self, target: &str, asset: &str) -> Result<()> {
+        for table in ["partitions", "history", "assets"] {
+            self.execute(
+                "deleting an asset",
+                &format!("DELETE FROM {{schema}}.{table} WHERE target = $1 AND asset = $2"),
+                &[&target, &asset],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn forget_put(&mut self, id: &str) -> Result<()> {
+        self.execute(
+            "finishing a pending put",
+            "DELETE FROM {schema}.pending_puts WHERE put_id = $1",
+            &[&id],
+        )
+        .await
+    }
+}
+
 #[async_trait]
 impl Catalog for PostgresCatalog {
     async fn get(&self, target: &str, asset: &AssetKey) -> Result<Option<AssetRecord>> {
@@ -308,150 +512,9 @@ impl Catalog for PostgresCatalog {
             .transaction()
             .await
             .map_err(db_err("starting a commit"))?;
-        let asset = c.asset.to_string();
-        let at: DateTime<Utc> = Utc::now();
-        let previous = tx
-            .query_opt(
-                &self.sql(
-                    "SELECT version, rows, bytes FROM {schema}.assets
-                     WHERE target = $1 AND asset = $2 FOR UPDATE",
-                ),
-                &[&c.target, &asset],
-            )
-            .await
-            .map_err(db_err("reading an asset"))?
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)));
-        let version = previous.map_or(1, |(v, _, _)| v + 1);
-        let (rows, bytes): (i64, i64) = match &c.partition {
-            Some(partition) => {
-                let id = partition.id();
-                let (part_rows, part_bytes) = if c.mode == Mode::Overwrite {
-                    (to_i64(c.rows), to_i64(c.bytes))
-                } else {
-                    let before = tx
-                        .query_opt(
-                            &self.sql(
-                                "SELECT rows, bytes FROM {schema}.partitions
-                                 WHERE target = $1 AND asset = $2 AND partition = $3",
-                            ),
-                            &[&c.target, &asset, &id],
-                        )
-                        .await
-                        .map_err(db_err("reading a partition"))?
-                        .map_or((0, 0), |r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
-                    (before.0 + to_i64(c.rows), before.1 + to_i64(c.bytes))
-                };
-                tx.execute(
-                    &self.sql(
-                        "INSERT INTO {schema}.partitions
-                            (target, asset, partition, rows, bytes, location, version, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                         ON CONFLICT (target, asset, partition) DO UPDATE SET
-                            rows = excluded.rows, bytes = excluded.bytes,
-                            location = excluded.location, version = excluded.version,
-                            updated_at = excluded.updated_at",
-                    ),
-                    &[
-                        &c.target,
-                        &asset,
-                        &id,
-                        &part_rows,
-                        &part_bytes,
-                        &c.location,
-                        &version,
-                        &at,
-                    ],
-                )
-                .await
-                .map_err(db_err("recording a partition"))?;
-                let sums = tx
-                    .query_one(
-                        &self.sql(
-                            "SELECT SUM(rows)::bigint, SUM(bytes)::bigint FROM {schema}.partitions
-                             WHERE target = $1 AND asset = $2",
-                        ),
-                        &[&c.target, &asset],
-                    )
-                    .await
-                    .map_err(db_err("summing partitions"))?;
-                (sums.get(0), sums.get(1))
-            }
-            None => unpartitioned_totals(
-                c.mode,
-                previous.map(|(_, rows, bytes)| (rows, bytes)),
-                to_i64(c.rows),
-                to_i64(c.bytes),
-            ),
-        };
-        // A table target counts its rows itself: upserts replace rather than add.
-        let rows = c.total_rows.map_or(rows, to_i64);
-        let columns = c
-            .partition_columns
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| Error::catalog("recording partition columns", e))?;
-        let schema = encode_schema(&c.schema)?;
-        let layout = Layout::of(c.partition.as_ref()).encode();
-        tx.execute(
-            &self.sql(
-                "INSERT INTO {schema}.assets (target, asset, schema, layout, version, rows, bytes,
-                    location, created_at, updated_at, partition_columns)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)
-                 ON CONFLICT (target, asset) DO UPDATE SET
-                    schema = excluded.schema, layout = excluded.layout, version = excluded.version,
-                    rows = excluded.rows, bytes = excluded.bytes, location = excluded.location,
-                    updated_at = excluded.updated_at, partition_columns = excluded.partition_columns",
-            ),
-            &[
-                &c.target,
-                &asset,
-                &schema,
-                &layout,
-                &version,
-                &rows,
-                &bytes,
-                &c.asset_location,
-                &at,
-                &columns,
-            ],
-        )
-        .await
-        .map_err(db_err("recording an asset"))?;
-        let partition = c.partition.as_ref().map(Partition::id);
-        let params: [&(dyn ToSql + Sync); 11] = [
-            &c.target,
-            &asset,
-            &version,
-            &c.mode.as_str(),
-            &partition,
-            &to_i64(c.rows),
-            &to_i64(c.bytes),
-            &c.location,
-            &to_i64(c.duration_ms),
-            &at,
-            &c.idempotency_key,
-        ];
-        tx.execute(
-            &self.sql(
-                "INSERT INTO {schema}.history (target, asset, version, mode, partition, rows, bytes,
-                    location, duration_ms, written_at, idempotency_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            ),
-            &params,
-        )
-        .await
-        .map_err(db_err("recording history"))?;
-        if let Some(id) = &c.put_id {
-            tx.execute(
-                &self.sql("DELETE FROM {schema}.pending_puts WHERE put_id = $1"),
-                &[id],
-            )
-            .await
-            .map_err(db_err("finishing a pending put"))?;
-        }
+        let version = bookkeeping::commit(&mut self.ledger(&tx), &c).await?;
         tx.commit().await.map_err(db_err("committing"))?;
-        Ok(version as u64)
+        Ok(version)
     }
 
     async fn replay(
@@ -478,63 +541,17 @@ impl Catalog for PostgresCatalog {
 
     async fn delete(&self, target: &str, asset: &AssetKey, partitions: &[Partition]) -> Result<()> {
         let mut conn = self.connect().await?;
-        let asset = asset.to_string();
         let tx = conn
             .transaction()
             .await
             .map_err(db_err("starting a delete"))?;
-        let whole = if partitions.is_empty() {
-            true
-        } else {
-            let ids: Vec<String> = partitions.iter().map(Partition::id).collect();
-            tx.execute(
-                &self.sql(
-                    "DELETE FROM {schema}.partitions
-                     WHERE target = $1 AND asset = $2 AND partition = ANY($3)",
-                ),
-                &[&target, &asset, &ids],
-            )
-            .await
-            .map_err(db_err("deleting a partition"))?;
-            let left: i64 = tx
-                .query_one(
-                    &self.sql(
-                        "SELECT count(*) FROM {schema}.partitions WHERE target = $1 AND asset = $2",
-                    ),
-                    &[&target, &asset],
-                )
-                .await
-                .map_err(db_err("counting partitions"))?
-                .get(0);
-            if left > 0 {
-                tx.execute(
-                    &self.sql(
-                        "UPDATE {schema}.assets SET
-                            rows = (SELECT SUM(rows) FROM {schema}.partitions WHERE target = $1 AND asset = $2),
-                            bytes = (SELECT SUM(bytes) FROM {schema}.partitions WHERE target = $1 AND asset = $2),
-                            version = version + 1, updated_at = now()
-                         WHERE target = $1 AND asset = $2",
-                    ),
-                    &[&target, &asset],
-                )
-                .await
-                .map_err(db_err("updating an asset"))?;
-            }
-            left == 0
-        };
-        if whole {
-            for table in ["partitions", "history", "assets"] {
-                tx.execute(
-                    &format!(
-                        "DELETE FROM {}.{table} WHERE target = $1 AND asset = $2",
-                        self.schema
-                    ),
-                    &[&target, &asset],
-                )
-                .await
-                .map_err(db_err("deleting an asset"))?;
-            }
-        }
+        bookkeeping::delete(
+            &mut self.ledger(&tx),
+            target,
+            &asset.to_string(),
+            partitions,
+        )
+        .await?;
         tx.commit().await.map_err(db_err("committing a delete"))
     }
 
@@ -620,7 +637,9 @@ impl Catalog for PostgresCatalog {
             .await
             .map_err(db_err("reading pending puts"))?;
         rows.iter()
-            .map(|r| PendingPut::decode((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+            .map(|r| {
+                PendingPut::decode((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            })
             .collect()
     }
 }

@@ -5,15 +5,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Params, Transaction, params};
 
+use super::bookkeeping::{self, AssetRow, Ledger, PartitionRow, Totals};
 use super::{
-    AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, PendingPut,
-    PendingRow, decode_schema, encode_schema, parse_mode, unpartitioned_totals,
+    AssetRecord, Catalog, Commit, HistoryEntry, Layout, PartitionRecord, PendingPut, PendingRow,
+    decode_schema, parse_mode,
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
-use crate::protocol::{Mode, PutSummary};
+use crate::protocol::PutSummary;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS assets (
@@ -117,10 +118,6 @@ impl SqliteCatalog {
     }
 }
 
-fn now() -> DateTime<Utc> {
-    Utc::now()
-}
-
 fn parse_time(text: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -205,118 +202,187 @@ fn load(conn: &Connection, target: &str, asset: &str) -> Result<Option<AssetReco
     }))
 }
 
-fn record_commit(tx: &Transaction<'_>, c: &Commit) -> Result<u64> {
-    let asset = c.asset.to_string();
-    let at = now().to_rfc3339();
-    let previous: Option<(i64, i64, i64)> = tx
-        .query_row(
-            "SELECT version, rows, bytes FROM assets WHERE target = ?1 AND asset = ?2",
-            params![c.target, asset],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
-        .map_err(db_err("reading an asset"))?;
-    let version = previous.map_or(1, |(v, _, _)| v + 1);
-    let (rows, bytes) = match &c.partition {
-        Some(partition) => {
-            let (part_rows, part_bytes) = if c.mode == Mode::Overwrite {
-                (c.rows as i64, c.bytes as i64)
-            } else {
-                let before: Option<(i64, i64)> = tx
-                    .query_row(
-                        "SELECT rows, bytes FROM partitions WHERE target = ?1 AND asset = ?2 AND partition = ?3",
-                        params![c.target, asset, partition.id()],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
-                    .map_err(db_err("reading a partition"))?;
-                let (r, b) = before.unwrap_or((0, 0));
-                (r + c.rows as i64, b + c.bytes as i64)
-            };
-            tx.execute(
-                "INSERT INTO partitions (target, asset, partition, rows, bytes, location, version, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (target, asset, partition) DO UPDATE SET
-                    rows = excluded.rows, bytes = excluded.bytes, location = excluded.location,
-                    version = excluded.version, updated_at = excluded.updated_at",
-                params![
-                    c.target,
-                    asset,
-                    partition.id(),
-                    part_rows,
-                    part_bytes,
-                    c.location,
-                    version,
-                    at
-                ],
-            )
-            .map_err(db_err("recording a partition"))?;
-            tx.query_row(
-                "SELECT SUM(rows), SUM(bytes) FROM partitions WHERE target = ?1 AND asset = ?2",
-                params![c.target, asset],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .map_err(db_err("summing partitions"))?
-        }
-        None => unpartitioned_totals(
-            c.mode,
-            previous.map(|(_, rows, bytes)| (rows, bytes)),
-            c.rows as i64,
-            c.bytes as i64,
-        ),
-    };
-    // A table target counts its rows itself: upserts replace rather than add.
-    let rows = c.total_rows.map_or(rows, |total| total as i64);
-    let columns = c
-        .partition_columns
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| Error::catalog("recording partition columns", e))?;
-    tx.execute(
-        "INSERT INTO assets (target, asset, schema, layout, version, rows, bytes, location, created_at, updated_at, partition_columns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
-         ON CONFLICT (target, asset) DO UPDATE SET
-            schema = excluded.schema, layout = excluded.layout, version = excluded.version,
-            rows = excluded.rows, bytes = excluded.bytes, location = excluded.location,
-            updated_at = excluded.updated_at, partition_columns = excluded.partition_columns",
-        params![
-            c.target,
-            asset,
-            encode_schema(&c.schema)?,
-            Layout::of(c.partition.as_ref()).encode(),
-            version,
-            rows,
-            bytes,
-            c.asset_location,
-            at,
-            columns
-        ],
-    )
-    .map_err(db_err("recording an asset"))?;
-    tx.execute(
-        "INSERT INTO history (target, asset, version, mode, partition, rows, bytes, location, duration_ms, written_at, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            c.target,
-            asset,
-            version,
-            c.mode.as_str(),
-            c.partition.as_ref().map(Partition::id),
-            c.rows as i64,
-            c.bytes as i64,
-            c.location,
-            c.duration_ms as i64,
-            at,
-            c.idempotency_key
-        ],
-    )
-    .map_err(db_err("recording history"))?;
-    if let Some(id) = &c.put_id {
-        tx.execute("DELETE FROM pending_puts WHERE put_id = ?1", params![id])
-            .map_err(db_err("finishing a pending put"))?;
+/// A commit's or a delete's statements, in one SQLite transaction.
+struct SqliteLedger<'a>(&'a Transaction<'a>);
+
+impl SqliteLedger<'_> {
+    fn execute(&self, action: &'static str, statement: &str, params: impl Params) -> Result<()> {
+        self.0.execute(statement, params).map_err(db_err(action))?;
+        Ok(())
     }
-    Ok(version as u64)
+}
+
+fn totals(r: &rusqlite::Row<'_>, rows: usize) -> rusqlite::Result<Totals> {
+    Ok(Totals {
+        rows: r.get(rows)?,
+        bytes: r.get(rows + 1)?,
+    })
+}
+
+impl Ledger for SqliteLedger<'_> {
+    async fn asset(&mut self, target: &str, asset: &str) -> Result<Option<(i64, Totals)>> {
+        self.0
+            .query_row(
+                "SELECT version, rows, bytes FROM assets WHERE target = ?1 AND asset = ?2",
+                params![target, asset],
+                |r| Ok((r.get(0)?, totals(r, 1)?)),
+            )
+            .optional()
+            .map_err(db_err("reading an asset"))
+    }
+
+    async fn partition(
+        &mut self,
+        target: &str,
+        asset: &str,
+        partition: &str,
+    ) -> Result<Option<Totals>> {
+        self.0
+            .query_row(
+                "SELECT rows, bytes FROM partitions WHERE target = ?1 AND asset = ?2 AND partition = ?3",
+                params![target, asset, partition],
+                |r| totals(r, 0),
+            )
+            .optional()
+            .map_err(db_err("reading a partition"))
+    }
+
+    async fn partition_sums(&mut self, target: &str, asset: &str) -> Result<(i64, Totals)> {
+        self.0
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(rows), 0), COALESCE(SUM(bytes), 0) FROM partitions
+                 WHERE target = ?1 AND asset = ?2",
+                params![target, asset],
+                |r| Ok((r.get(0)?, totals(r, 1)?)),
+            )
+            .map_err(db_err("summing partitions"))
+    }
+
+    async fn put_partition(&mut self, p: &PartitionRow<'_>) -> Result<()> {
+        self.execute(
+            "recording a partition",
+            "INSERT INTO partitions (target, asset, partition, rows, bytes, location, version, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (target, asset, partition) DO UPDATE SET
+                rows = excluded.rows, bytes = excluded.bytes, location = excluded.location,
+                version = excluded.version, updated_at = excluded.updated_at",
+            params![
+                p.target,
+                p.asset,
+                p.partition,
+                p.totals.rows,
+                p.totals.bytes,
+                p.location,
+                p.version,
+                p.at.to_rfc3339()
+            ],
+        )
+    }
+
+    async fn put_asset(&mut self, a: &AssetRow<'_>) -> Result<()> {
+        self.execute(
+            "recording an asset",
+            "INSERT INTO assets (target, asset, schema, layout, version, rows, bytes, location, created_at, updated_at, partition_columns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
+             ON CONFLICT (target, asset) DO UPDATE SET
+                schema = excluded.schema, layout = excluded.layout, version = excluded.version,
+                rows = excluded.rows, bytes = excluded.bytes, location = excluded.location,
+                updated_at = excluded.updated_at, partition_columns = excluded.partition_columns",
+            params![
+                a.target,
+                a.asset,
+                a.schema,
+                a.layout,
+                a.version,
+                a.totals.rows,
+                a.totals.bytes,
+                a.location,
+                a.at.to_rfc3339(),
+                a.partition_columns
+            ],
+        )
+    }
+
+    async fn update_asset(
+        &mut self,
+        target: &str,
+        asset: &str,
+        version: i64,
+        totals: Totals,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.execute(
+            "updating an asset",
+            "UPDATE assets SET version = ?3, rows = ?4, bytes = ?5, updated_at = ?6
+             WHERE target = ?1 AND asset = ?2",
+            params![
+                target,
+                asset,
+                version,
+                totals.rows,
+                totals.bytes,
+                at.to_rfc3339()
+            ],
+        )
+    }
+
+    async fn add_history(&mut self, h: &bookkeeping::HistoryRow<'_>) -> Result<()> {
+        self.execute(
+            "recording history",
+            "INSERT INTO history (target, asset, version, mode, partition, rows, bytes, location, duration_ms, written_at, idempotency_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                h.target,
+                h.asset,
+                h.version,
+                h.mode,
+                h.partition,
+                h.written.rows,
+                h.written.bytes,
+                h.location,
+                h.duration_ms,
+                h.at.to_rfc3339(),
+                h.idempotency_key
+            ],
+        )
+    }
+
+    async fn delete_partitions(&mut self, target: &str, asset: &str, ids: &[String]) -> Result<()> {
+        for id in ids {
+            self.execute(
+                "deleting a partition",
+                "DELETE FROM partitions WHERE target = ?1 AND asset = ?2 AND partition = ?3",
+                params![target, asset, id],
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn delete_asset(&mut self, target: &str, asset: &str) -> Result<()> {
+        for table in ["partitions", "history", "assets"] {
+            self.execute(
+                "deleting an asset",
+                &format!("DELETE FROM {table} WHERE target = ?1 AND asset = ?2"),
+                params![target, asset],
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn forget_put(&mut self, id: &str) -> Result<()> {
+        self.execute(
+            "finishing a pending put",
+            "DELETE FROM pending_puts WHERE put_id = ?1",
+            params![id],
+        )
+    }
+}
+
+/// Runs the shared bookkeeping on SQLite's synchronous connection: each statement runs when
+/// it is called, so the work is done at the first poll.
+fn now_or_never<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    futures::FutureExt::now_or_never(std::pin::pin!(work))
+        .ok_or_else(|| Error::internal("a SQLite statement did not finish at once"))?
 }
 
 type HistoryRow = (
@@ -405,7 +471,7 @@ impl Catalog for SqliteCatalog {
     async fn commit(&self, commit: Commit) -> Result<u64> {
         self.run(move |conn| {
             let tx = conn.transaction().map_err(db_err("starting a commit"))?;
-            let version = record_commit(&tx, &commit)?;
+            let version = now_or_never(bookkeeping::commit(&mut SqliteLedger(&tx), &commit))?;
             tx.commit().map_err(db_err("committing"))?;
             Ok(version)
         })
@@ -443,48 +509,15 @@ impl Catalog for SqliteCatalog {
 
     async fn delete(&self, target: &str, asset: &AssetKey, partitions: &[Partition]) -> Result<()> {
         let (target, asset) = (target.to_string(), asset.to_string());
-        let ids: Vec<String> = partitions.iter().map(Partition::id).collect();
+        let partitions = partitions.to_vec();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(db_err("starting a delete"))?;
-            let whole = if ids.is_empty() {
-                true
-            } else {
-                for id in &ids {
-                    tx.execute(
-                        "DELETE FROM partitions WHERE target = ?1 AND asset = ?2 AND partition = ?3",
-                        params![target, asset, id],
-                    )
-                    .map_err(db_err("deleting a partition"))?;
-                }
-                let left: i64 = tx
-                    .query_row(
-                        "SELECT COUNT(*) FROM partitions WHERE target = ?1 AND asset = ?2",
-                        params![target, asset],
-                        |r| r.get(0),
-                    )
-                    .map_err(db_err("counting partitions"))?;
-                if left > 0 {
-                    tx.execute(
-                        "UPDATE assets SET
-                            rows = (SELECT SUM(rows) FROM partitions WHERE target = ?1 AND asset = ?2),
-                            bytes = (SELECT SUM(bytes) FROM partitions WHERE target = ?1 AND asset = ?2),
-                            version = version + 1, updated_at = ?3
-                         WHERE target = ?1 AND asset = ?2",
-                        params![target, asset, now().to_rfc3339()],
-                    )
-                    .map_err(db_err("updating an asset"))?;
-                }
-                left == 0
-            };
-            if whole {
-                for table in ["partitions", "history", "assets"] {
-                    tx.execute(
-                        &format!("DELETE FROM {table} WHERE target = ?1 AND asset = ?2"),
-                        params![target, asset],
-                    )
-                    .map_err(db_err("deleting an asset"))?;
-                }
-            }
+            now_or_never(bookkeeping::delete(
+                &mut SqliteLedger(&tx),
+                &target,
+                &asset,
+                &partitions,
+            ))?;
             tx.commit().map_err(db_err("committing a delete"))
         })
         .await
