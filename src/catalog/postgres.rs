@@ -18,7 +18,7 @@ use super::{
 };
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::error::{Error, Result};
-use crate::targets::postgres::connection;
+use crate::pg;
 use crate::protocol::PutSummary;
 use crate::targets::sql::quote;
 
@@ -98,7 +98,7 @@ impl PostgresCatalog {
         ca_file: Option<&std::path::Path>,
         pool_size: usize,
     ) -> Result<Self> {
-        let (pool, display) = connection::pool(url, ca_file, pool_size)
+        let (pool, display) = pg::pool(url, ca_file, pool_size)
             .map_err(|e| Error::config(format!("[catalog] {e}")))?;
         let catalog = Self {
             pool,
