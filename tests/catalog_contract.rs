@@ -1,6 +1,7 @@
 //! The catalog contract: what every [`Catalog`] backend must do, written once as plain async
 //! functions over `&dyn Catalog` and run against SQLite and PostgreSQL alike (the PostgreSQL
-//! ones on a fresh database of the server named by `QUIVER_TEST_POSTGRES_URL`).
+//! ones on a fresh database of the server named by `QUIVER_TEST_POSTGRES_URL`, see
+//! [`linguistic_database`]).
 
 mod common;
 
@@ -77,6 +78,30 @@ fn open_sqlite(dir: &tempfile::TempDir) -> SqliteCatalog {
 /// The schema name needs quoting, so every statement is checked to quote it.
 const PG_SCHEMA: &str = "quiver catalog";
 
+/// A fresh database whose text sorts as English does (ICU `en-US`: `eu` before `US`, and
+/// punctuation weighed last), as production databases often do; the catalog must still order
+/// byte by byte, as SQLite does.
+async fn linguistic_database() -> TestDb {
+    let admin = common::postgres::connect(&common::postgres::admin_url()).await;
+    let name = format!("quiver_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' \
+             LOCALE 'C.UTF-8'"
+        ))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("create a database with ICU collation en-US (PostgreSQL 15 or later, built with ICU): {e}")
+        });
+    let mut url =
+        url::Url::parse(&common::postgres::admin_url()).expect("QUIVER_TEST_POSTGRES_URL is a URL");
+    url.set_path(&name);
+    TestDb {
+        name,
+        url: url.to_string(),
+    }
+}
+
 async fn open_postgres(db: &TestDb) -> PostgresCatalog {
     PostgresCatalog::open(&db.url, PG_SCHEMA, None, 4)
         .await
@@ -90,7 +115,7 @@ type Check = for<'a> fn(
 /// Runs `check` on a catalog in a fresh database, and drops the database even when it fails.
 async fn on_postgres(check: Check) {
     use futures::FutureExt;
-    let db = TestDb::create().await;
+    let db = linguistic_database().await;
     let catalog = open_postgres(&db).await;
     let outcome = std::panic::AssertUnwindSafe(check(&catalog))
         .catch_unwind()
@@ -1398,7 +1423,7 @@ async fn second_lock_waits(catalog: &dyn Catalog) {
 /// Two servers: two catalogs on one database.
 #[tokio::test]
 async fn postgres_lock_is_shared_by_every_server() {
-    let db = TestDb::create().await;
+    let db = linguistic_database().await;
     let (one, two) = (open_postgres(&db).await, open_postgres(&db).await);
     let asset = key("sales/daily");
     let (waited, granted) = {

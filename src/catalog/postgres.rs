@@ -174,7 +174,8 @@ async fn load<C: tokio_postgres::GenericClient>(
         .query(
             &format!(
                 "SELECT partition, rows, bytes, location, version, updated_at
-                 FROM {schema}.partitions WHERE target = $1 AND asset = $2 ORDER BY partition"
+                 FROM {schema}.partitions WHERE target = $1 AND asset = $2
+                 ORDER BY partition COLLATE \"C\""
             ),
             &[&target, &asset],
         )
@@ -624,13 +625,15 @@ impl Catalog for PostgresCatalog {
         asset: Option<&AssetKey>,
     ) -> Result<Vec<PendingPut>> {
         let asset = asset.map(AssetKey::to_string);
+        // `started_at` is RFC 3339 text in UTC: byte order is time order, a language's is not.
         let rows = self
             .connect()
             .await?
             .query(
                 &self.sql(
                     "SELECT put_id, target, asset, schema, fields, started_at FROM {schema}.pending_puts
-                     WHERE target = $1 AND ($2::text IS NULL OR asset = $2) ORDER BY started_at",
+                     WHERE target = $1 AND ($2::text IS NULL OR asset = $2)
+                     ORDER BY started_at COLLATE \"C\"",
                 ),
                 &[&target, &asset],
             )
