@@ -25,7 +25,11 @@ pub enum Settled {
 }
 
 /// Settles one pending put. The caller holds the asset's write lock.
-pub async fn settle(target: &dyn Target, catalog: &dyn Catalog, put: PendingPut) -> Result<Settled> {
+pub async fn settle(
+    target: &dyn Target,
+    catalog: &dyn Catalog,
+    put: PendingPut,
+) -> Result<Settled> {
     let (id, asset) = (put.id.clone(), put.commit.asset.clone());
     let settled = match target.resolve(&put).await? {
         Some(written) => {
