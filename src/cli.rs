@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::AnonymousAccess;
+use crate::client::{FileFormat, ServerArg};
 use crate::config::Config;
 use crate::error::Result;
 
@@ -48,20 +49,6 @@ pub struct HashTokenArgs {
     pub token: Option<String>,
 }
 
-/// The server the client commands talk to.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArg {
-    /// Quiver server address.
-    #[arg(long, env = "QUIVER_SERVER", default_value = "grpc://localhost:8815")]
-    pub server: String,
-    /// PEM CA certificate trusted for `grpc+tls://` servers, besides the public web roots.
-    #[arg(long, env = "QUIVER_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// API or session token, sent as `authorization: Bearer <token>`.
-    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct PutCommand {
     /// File to store; its format comes from the extension unless --format is given.
@@ -89,7 +76,7 @@ pub struct PutCommand {
     pub idempotency_key: Option<String>,
     /// Input format.
     #[arg(long, value_enum)]
-    pub format: Option<crate::client::FileFormat>,
+    pub format: Option<FileFormat>,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -112,7 +99,7 @@ pub struct GetCommand {
     pub columns: Option<Vec<String>>,
     /// Output format.
     #[arg(long, value_enum)]
-    pub format: Option<crate::client::FileFormat>,
+    pub format: Option<FileFormat>,
     #[command(flatten)]
     pub server: ServerArg,
 }

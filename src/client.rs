@@ -14,9 +14,22 @@ use arrow_schema::{ArrowError, SchemaRef};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
-use crate::cli::ServerArg;
 use crate::config::TransportConfig;
 use crate::error::{Error, Result};
+
+/// The server the client commands talk to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
+    /// Quiver server address.
+    #[arg(long, env = "QUIVER_SERVER", default_value = "grpc://localhost:8815")]
+    pub server: String,
+    /// PEM CA certificate trusted for `grpc+tls://` servers, besides the public web roots.
+    #[arg(long, env = "QUIVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// API or session token, sent as `authorization: Bearer <token>`.
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
 
 /// File formats the client reads and writes, chosen by extension unless given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
