@@ -4,7 +4,8 @@ check that the catalog and the data agree for every asset: what GetFlightInfo co
 DoGet returns, the schema reads, and nothing the catalog does not list is left behind.
 
 Each round aims at one target and kills the server when that target's put becomes visible;
-the other targets' puts are interrupted wherever they happen to be. `QUIVER_CRASH_ROUNDS`
+a second target's put, started at the same time, is interrupted wherever it happens to be. The search targets run
+on the protocol servers test_search.py starts (or the clusters its variables name). `QUIVER_CRASH_ROUNDS`
 sets the rounds per target (default 20)."""
 
 import json
@@ -15,16 +16,22 @@ import threading
 import time
 from pathlib import Path
 
+import urllib.error
+
 import psycopg
 import pyarrow as pa
 import pyarrow.flight as fl
 
 from conftest import Server
+from test_search import SearchCluster, cluster_request
 
 ROUNDS = int(os.environ.get("QUIVER_CRASH_ROUNDS", "20"))
 FILE_TARGETS = {"parquet": "parquet", "arrow": "arrow", "csv": "csv", "json": "json"}
-TARGETS = [*FILE_TARGETS, "duckdb", "postgres"]
+SEARCH_TARGETS = ["elasticsearch", "opensearch"]
+TARGETS = [*FILE_TARGETS, "duckdb", "postgres", *SEARCH_TARGETS]
 ROWS = 100_000
+# Search servers index documents one by one: a smaller put keeps the rounds short.
+SEARCH_ROWS = 5_000
 BATCH = 65_536
 
 
@@ -33,10 +40,14 @@ def _base(target):
     return pa.table({"id": pa.array(range(1000), pa.int64()), "v": pa.array([f"v{i}" for i in range(1000)])})
 
 
-def _big(round_no):
+def _rows(target):
+    return SEARCH_ROWS if target in SEARCH_TARGETS else ROWS
+
+
+def _big(round_no, rows):
     """A put that also changes the schema: a new column per round."""
-    ids = pa.array(range(ROWS), pa.int64())
-    return pa.table({"id": ids, "v": pa.array([f"r{round_no}"] * ROWS), f"c{round_no}": ids})
+    ids = pa.array(range(rows), pa.int64())
+    return pa.table({"id": ids, "v": pa.array([f"r{round_no}"] * rows), f"c{round_no}": ids})
 
 
 def _put(uri, target, asset, table, sent=None):
@@ -64,8 +75,9 @@ class Watch:
     """Reports when a target's put to `asset` became visible in storage, read the way another
     program would: the file's inode, or the commit marker the table target writes."""
 
-    def __init__(self, target, asset, data: Path, postgres_url):
+    def __init__(self, target, asset, data: Path, postgres_url, clusters):
         self.target, self.asset = target, asset
+        self.cluster = clusters.get(target)
         if target in FILE_TARGETS:
             self.path = data / target / f"{asset}.{FILE_TARGETS[target]}"
         self.pg = psycopg.connect(postgres_url, autocommit=True) if target == "postgres" else None
@@ -76,6 +88,13 @@ class Watch:
             try:
                 return os.stat(self.path).st_ino
             except FileNotFoundError:
+                return None
+        if self.cluster is not None:
+            # The alias moves to the put's index at its commit.
+            alias = self.cluster.prefix + self.asset.replace("/", ".")
+            try:
+                return sorted(cluster_request(self.cluster.url, f"/_alias/{alias}"))
+            except urllib.error.HTTPError:
                 return None
         if self.pg is not None:
             try:
@@ -96,10 +115,14 @@ class Watch:
             self.pg.close()
 
 
-def _config(tmp_path, postgres_db):
+def _config(tmp_path, postgres_db, clusters):
     config = tmp_path / "quiver.toml"
     sections = [f'[targets.{t}]\nkind = "{t}"\n' for t in [*FILE_TARGETS, "duckdb"]]
     sections.append(f'[targets.postgres]\nkind = "postgres"\nurl = "{postgres_db}"\n')
+    for kind, cluster in clusters.items():
+        sections.append(
+            f'[targets.{kind}]\nkind = "{kind}"\nurl = "{cluster.url}"\nindex_prefix = "{cluster.prefix}"\n'
+        )
     config.write_text("\n".join(sections))
     return ["--config", str(config)]
 
@@ -113,15 +136,40 @@ def _catalog(client):
     return listed
 
 
-def _check_consistent(client, tmp_path, postgres_db, fresh_assets):
+def _unaliased(cluster):
+    """Indices of this test that no alias points to."""
+    indices = cluster_request(cluster.url, f"/{cluster.prefix}*.quiver-*/_alias")
+    return sorted(name for name, v in indices.items() if not v.get("aliases"))
+
+
+def _wait_quiet(cluster):
+    """Waits until the cluster has run the `_bulk` requests the killed server had in flight:
+    one arriving after the restart's sweep would create its index again (a documented limit
+    of the search targets' recovery)."""
+    last, stable_since = None, time.monotonic()
+    while time.monotonic() - stable_since < 0.5:
+        try:
+            now = cluster_request(cluster.url, f"/_cat/indices/{cluster.prefix}*?format=json&h=index,docs.count")
+        except urllib.error.HTTPError:
+            now = None
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        time.sleep(0.05)
+
+
+def _check_consistent(client, tmp_path, postgres_db, clusters, touched):
+    """Checks the assets of `touched` (target, asset) pairs: listed ones read back as the
+    catalog describes them, unlisted ones left nothing behind."""
     listed = _catalog(client)
     for (target, asset), (rows, schema) in listed.items():
+        if (target, asset) not in touched:
+            continue
         got = client.do_get(fl.Ticket(json.dumps({"target": target, "asset": asset}))).read_all()
         assert got.num_rows == rows, f"{target}/{asset}: the catalog counts {rows}, DoGet returns {got.num_rows}"
         assert got.schema.remove_metadata().equals(schema.remove_metadata()), f"{target}/{asset}: schema"
     data = tmp_path / "data"
     with psycopg.connect(postgres_db, autocommit=True) as pg:
-        for target, asset in fresh_assets:
+        for target, asset in touched:
             if (target, asset) in listed:
                 continue
             if target in FILE_TARGETS:
@@ -131,11 +179,29 @@ def _check_consistent(client, tmp_path, postgres_db, fresh_assets):
                 schema, table = asset.split("/")
                 found = pg.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0]
                 assert found is None, f"table {schema}.{table} is left behind but not in the catalog"
+            elif target in clusters:
+                alias = clusters[target].prefix + asset.replace("/", ".")
+                try:
+                    cluster_request(clusters[target].url, f"/_alias/{alias}")
+                    raise AssertionError(f"alias {alias} is left behind but not in the catalog")
+                except urllib.error.HTTPError:
+                    pass
+    for cluster in clusters.values():
+        assert _unaliased(cluster) == [], "an index no alias points to is left behind"
     return listed
 
 
 def test_kill_9_at_the_commit_leaves_catalog_and_data_agreeing(tmp_path, postgres_db):
-    args = _config(tmp_path, postgres_db)
+    clusters = {kind: SearchCluster(kind, tmp_path) for kind in SEARCH_TARGETS}
+    try:
+        _kill_at_the_commit(tmp_path, postgres_db, clusters)
+    finally:
+        for cluster in clusters.values():
+            cluster.stop()
+
+
+def _kill_at_the_commit(tmp_path, postgres_db, clusters):
+    args = _config(tmp_path, postgres_db, clusters)
     server = Server(tmp_path, args=args)
     client = fl.connect(server.uri)
     for target in TARGETS:
@@ -145,23 +211,23 @@ def test_kill_9_at_the_commit_leaves_catalog_and_data_agreeing(tmp_path, postgre
     rng = random.Random(11)
     outcomes = {t: {"new": 0, "old": 0} for t in TARGETS}
     settled = []
-    fresh_assets = []
     for round_no in range(ROUNDS * len(TARGETS)):
         aim = TARGETS[round_no % len(TARGETS)]
         # Even rounds overwrite `s/base` with a new schema; odd ones create a new asset.
         asset = "s/base" if (round_no // len(TARGETS)) % 2 == 0 else f"s/fresh{round_no}"
-        if asset != "s/base":
-            fresh_assets.extend((t, asset) for t in TARGETS)
-        watches = {t: Watch(t, asset, tmp_path / "data", postgres_db) for t in TARGETS}
-        table = _big(round_no)
-        sent = {t: threading.Event() for t in TARGETS}
+        # The aimed target and one other, interrupted wherever it happens to be.
+        puts = [aim, rng.choice([t for t in TARGETS if t != aim])]
+        watches = {t: Watch(t, asset, tmp_path / "data", postgres_db, clusters) for t in puts}
+        sent = {t: threading.Event() for t in puts}
         results = {}
         threads = [
             threading.Thread(
-                target=lambda t=t: results.__setitem__(t, _put(server.uri, t, asset, table, sent[t])),
+                target=lambda t=t: results.__setitem__(
+                    t, _put(server.uri, t, asset, _big(round_no, _rows(t)), sent[t])
+                ),
                 daemon=True,
             )
-            for t in TARGETS
+            for t in puts
         ]
         for thread in threads:
             thread.start()
@@ -172,7 +238,7 @@ def test_kill_9_at_the_commit_leaves_catalog_and_data_agreeing(tmp_path, postgre
             time.sleep(rng.uniform(0, 0.05))
         else:
             while not watches[aim].changed() and aim not in results and time.monotonic() < deadline:
-                if not threads[TARGETS.index(aim)].is_alive():
+                if not threads[0].is_alive():
                     break
                 time.sleep(0.0005)
         server.proc.send_signal(signal.SIGKILL)
@@ -182,15 +248,18 @@ def test_kill_9_at_the_commit_leaves_catalog_and_data_agreeing(tmp_path, postgre
             w.close()
         for thread in threads:
             thread.join(timeout=30)
+        for target in puts:
+            if target in clusters:
+                _wait_quiet(clusters[target])
 
         server = Server(tmp_path, args=args)
         client = fl.connect(server.uri)
-        listed = _check_consistent(client, tmp_path, postgres_db, fresh_assets)
+        listed = _check_consistent(client, tmp_path, postgres_db, clusters, {(t, asset) for t in puts})
         for line in server.logs().splitlines():
             if "settled an interrupted put" in line:
                 settled.append(line)
         rows = listed.get((aim, asset), (None,))[0]
-        outcomes[aim]["new" if rows == ROWS else "old"] += 1
+        outcomes[aim]["new" if rows == _rows(aim) else "old"] += 1
         client.close()
     server.stop()
     # Most kills land between the two commits; none would mean the test no longer aims there.

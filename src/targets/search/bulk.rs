@@ -277,6 +277,18 @@ impl AssetWriter for SearchWriter {
         Ok(())
     }
 
+    /// Waits for every `_bulk` request to be answered before the put becomes pending: a request
+    /// still in flight when the server dies would, once the cluster runs it, create the put's
+    /// index again after the next start has settled the put and deleted that index.
+    async fn prepare(&mut self) -> Result<String> {
+        if let Err(e) = self.flush().await {
+            self.discard().await;
+            self.finished = true;
+            return Err(e);
+        }
+        Ok(String::new())
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<WriteSummary> {
         let result = self.finish().await;
         if result.is_err() {
