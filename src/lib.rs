@@ -13,5 +13,6 @@ pub mod pg;
 pub mod server;
 pub mod service;
 pub mod targets;
+pub mod wire;
 
 pub use error::{Error, Result};

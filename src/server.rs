@@ -1,8 +1,6 @@
 //! Starting and stopping a server: a function of its configuration, listener and shutdown
 //! signal, so tests run servers in-process on port 0.
 
-mod do_get;
-mod do_put;
 mod routes;
 
 use std::future::Future;

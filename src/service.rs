@@ -8,8 +8,6 @@
 //! between a target's commit and the catalog's.
 
 mod actions;
-mod decode;
-mod encode;
 mod get;
 mod locks;
 mod put;
@@ -29,7 +27,6 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Span, info};
 
-pub use self::encode::IpcMessage;
 use self::locks::{Locks, PutLimits};
 use crate::auth::{Access, Authenticator};
 use crate::catalog::Catalog;
@@ -37,6 +34,7 @@ use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::targets::Targets;
+use crate::wire::get_encode::IpcMessage;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 

@@ -1,28 +1,25 @@
 //! The Flight service's routes: DoGet and DoPut, which carry the bulk of the bytes, are
-//! answered here without tonic's message buffers (see [`super::do_get`] and
-//! [`super::do_put`]); every other call goes to tonic's generated server unchanged.
+//! answered here without tonic's message buffers (see [`crate::wire`]); every other call goes
+//! to tonic's generated server unchanged.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::stream::BoxStream;
-use http_body::Frame;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
+use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
+use tonic::{Request, Status};
 use tower::Service;
 
-use super::do_get;
-use super::do_put::{self, BodyPool};
 use crate::service::QuiverService;
+use crate::wire::framing;
+use crate::wire::get_framing::{frame, read_message};
+use crate::wire::put_framing::{self, BodyPool, Messages};
 
 /// The Flight service: DoGet and DoPut framed here, everything else by tonic's generated
 /// server.
@@ -80,13 +77,47 @@ impl Service<http::Request<Body>> for FlightRoutes {
         let bodies = Arc::clone(&self.bodies);
         Box::pin(async move {
             let answered = if get {
-                do_get::do_get(service, request, limit).await
+                do_get(service, request, limit).await
             } else {
-                do_put::do_put(service, request, limit, bodies).await
+                do_put(service, request, limit, bodies).await
             };
             Ok(answered.unwrap_or_else(|status| status.into_http()))
         })
     }
+}
+
+/// DoGet: the ticket, then the asset's IPC messages, each framed as one gRPC message.
+async fn do_get(
+    service: QuiverService,
+    request: http::Request<Body>,
+    limit: usize,
+) -> Result<http::Response<Body>, Status> {
+    let (parts, body) = request.into_parts();
+    let ticket = read_message(body, limit).await?;
+    let request = Request::from_parts(
+        MetadataMap::from_headers(parts.headers),
+        parts.extensions,
+        ticket,
+    );
+    let messages = service.read(request).await?;
+    let chunks = messages.map(move |message| frame(message.map_err(Status::from)?, limit));
+    Ok(framing::response(chunks.boxed()))
+}
+
+/// DoPut: the request's messages, each body in an aligned buffer, into the put; its result
+/// as the one message of the response.
+async fn do_put(
+    service: QuiverService,
+    request: http::Request<Body>,
+    limit: usize,
+    pool: Arc<BodyPool>,
+) -> Result<http::Response<Body>, Status> {
+    let (parts, body) = request.into_parts();
+    let metadata = MetadataMap::from_headers(parts.headers);
+    let reply = service
+        .put(&metadata, Messages::new(body, limit, pool).boxed())
+        .await?;
+    put_framing::reply(reply)
 }
 
 /// Neither route decompresses: a request sent with `grpc-encoding` is refused, as tonic
@@ -98,91 +129,6 @@ fn uncompressed(headers: &http::HeaderMap, rpc: &str) -> Result<(), Status> {
             String::from_utf8_lossy(encoding.as_bytes())
         ))),
         _ => Ok(()),
-    }
-}
-
-/// A streaming gRPC response whose messages are `chunks`, each the list of byte chunks that
-/// make up one framed message.
-pub fn response(chunks: BoxStream<'static, Result<Vec<Bytes>, Status>>) -> http::Response<Body> {
-    let mut response = http::Response::new(Body::new(Frames::new(chunks)));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    response
-}
-
-pub fn too_large(what: &str, size: usize, limit: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "the {what} message is {size} bytes, over the {limit}-byte limit \
-         (limits.max_message_bytes)"
-    ))
-}
-
-/// The response body: each message's chunks, then the trailers with the call's status.
-pub struct Frames {
-    messages: BoxStream<'static, Result<Vec<Bytes>, Status>>,
-    /// The chunks of the current message still to send.
-    chunks: VecDeque<Bytes>,
-    done: bool,
-}
-
-impl Frames {
-    pub fn new(messages: BoxStream<'static, Result<Vec<Bytes>, Status>>) -> Self {
-        Self {
-            messages,
-            chunks: VecDeque::new(),
-            done: false,
-        }
-    }
-}
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        loop {
-            if let Some(chunk) = self.chunks.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            if self.done {
-                return Poll::Ready(None);
-            }
-            let status = match std::task::ready!(self.messages.poll_next_unpin(cx)) {
-                Some(Ok(chunks)) => {
-                    self.chunks = chunks.into();
-                    continue;
-                }
-                Some(Err(status)) => status,
-                None => Status::ok(""),
-            };
-            self.done = true;
-            let mut trailers = http::HeaderMap::new();
-            if let Err(unencodable) = status.add_header(&mut trailers) {
-                trailers.clear();
-                Status::new(status.code(), unencodable.message())
-                    .add_header(&mut trailers)
-                    .ok();
-            }
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.chunks.is_empty()
-    }
-}
-
-#[cfg(test)]
-impl futures::Stream for Frames {
-    type Item = Result<Frame<Bytes>, Status>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        http_body::Body::poll_frame(self, cx)
     }
 }
 

@@ -10,7 +10,6 @@ use futures::StreamExt;
 use tonic::{Request, Status};
 use tracing::Span;
 
-use super::encode::{self, IpcMessage};
 use super::records::{describe_record, field_summary};
 use super::{Inner, QuiverService};
 use crate::asset::{AssetKey, Partition};
@@ -20,10 +19,11 @@ use crate::error::{Error, Result, echo};
 use crate::metrics::status_label;
 use crate::protocol::{self, AssetCommand, AssetTicket, ListCriteria};
 use crate::targets::{ReadRequest, SendableBatchStream};
+use crate::wire::get_encode::{self, IpcMessage};
 
 impl QuiverService {
     /// DoGet's work: the asset's Arrow IPC messages, whose bodies share the read batches'
-    /// buffers. The server frames them itself (see `server::do_get`); the `FlightService`
+    /// buffers. The server frames them itself (see `server::routes`); the `FlightService`
     /// method copies each into one `FlightData`.
     #[tracing::instrument(skip_all, fields(target, asset))]
     pub async fn read(
@@ -40,7 +40,7 @@ impl QuiverService {
         );
         let (schema, batches) = opened?;
         // Dictionaries are sent as dictionaries: a read returns exactly the types written.
-        Ok(encode::encode(schema, batches))
+        Ok(get_encode::encode(schema, batches))
     }
 }
 

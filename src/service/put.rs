@@ -13,7 +13,6 @@ use tokio::sync::oneshot;
 use tonic::Status;
 use tracing::{Instrument, Span, info, warn};
 
-use super::decode::BatchDecoder;
 use super::locks::{AssetLock, Call, call_deadline};
 use super::records::field_summary;
 use super::{Inner, PutStream, QuiverService, recovery};
@@ -24,10 +23,11 @@ use crate::error::{Error, Result, echo};
 use crate::metrics::status_label;
 use crate::protocol::{self, AssetCommand, Mode, PutSummary};
 use crate::targets::{AssetWriter, SchemaPolicy, Target, WriteRequest, evolve};
+use crate::wire::put_decode::BatchDecoder;
 
 impl QuiverService {
     /// DoPut's work: streams the request's batches into the target and commits, answering
-    /// with the put's summary. The server's own DoPut route (see `server::do_put`) and the
+    /// with the put's summary. The server's own DoPut route (see `server::routes`) and the
     /// `FlightService` method both call it.
     #[tracing::instrument(skip_all, fields(target, asset, rows))]
     pub async fn put(

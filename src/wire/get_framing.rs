@@ -2,44 +2,24 @@
 //!
 //! tonic encodes each response message into its own buffer, so every batch body — the bulk
 //! of a DoGet — would be copied after the IPC encoder laid it out. The server answers DoGet
-//! itself (see [`super::routes`]): [`QuiverService::read`] gives the asset's IPC messages
-//! with their bodies in pieces that share the batches' buffers, and each becomes one gRPC
-//! message (a `FlightData` on the wire) written as a small head — the 5-byte prefix, the
-//! `data_header` field, the `data_body` tag and length — followed by those pieces, which
-//! hyper hands to the socket as they are.
+//! itself (see `server::routes`): [`get_encode`](super::get_encode) gives the asset's IPC
+//! messages with their bodies in pieces that share the batches' buffers, and [`frame`] makes
+//! each one gRPC message (a `FlightData` on the wire) written as a small head — the 5-byte
+//! prefix, the `data_header` field, the `data_body` tag and length — followed by those pieces,
+//! which hyper hands to the socket as they are.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::StreamExt;
 use http_body::Body as _;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use tonic::Status;
 use tonic::body::Body;
-use tonic::codegen::http;
-use tonic::metadata::MetadataMap;
-use tonic::{Request, Status};
 
-use super::routes::{self, too_large};
-use crate::service::{IpcMessage, QuiverService};
-
-pub async fn do_get(
-    service: QuiverService,
-    request: http::Request<Body>,
-    limit: usize,
-) -> Result<http::Response<Body>, Status> {
-    let (parts, body) = request.into_parts();
-    let ticket = read_message(body, limit).await?;
-    let request = Request::from_parts(
-        MetadataMap::from_headers(parts.headers),
-        parts.extensions,
-        ticket,
-    );
-    let messages = service.read(request).await?;
-    let chunks = messages.map(move |message| frame(message.map_err(Status::from)?, limit));
-    Ok(routes::response(chunks.boxed()))
-}
+use super::framing::too_large;
+use super::get_encode::IpcMessage;
 
 /// Reads a unary request: one uncompressed gRPC message.
-async fn read_message<M: Message + Default>(body: Body, limit: usize) -> Result<M, Status> {
+pub async fn read_message<M: Message + Default>(body: Body, limit: usize) -> Result<M, Status> {
     let mut buf = BytesMut::new();
     let mut body = std::pin::pin!(body);
     while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
@@ -83,7 +63,7 @@ const COPY_BELOW: usize = 4096;
 
 /// The gRPC message for `message` (a `FlightData`) as chunks to send in order: the head,
 /// then the body, large pieces as they are.
-fn frame(message: IpcMessage, limit: usize) -> Result<Vec<Bytes>, Status> {
+pub fn frame(message: IpcMessage, limit: usize) -> Result<Vec<Bytes>, Status> {
     let field = |number: u32, len: usize| {
         if len == 0 {
             0
@@ -132,13 +112,13 @@ fn frame(message: IpcMessage, limit: usize) -> Result<Vec<Bytes>, Status> {
 #[cfg(test)]
 mod tests {
     use arrow_flight::FlightData;
-
+    use futures::StreamExt;
     use futures::stream::BoxStream;
     use http_body::Frame;
 
     use super::*;
     use crate::Error;
-    use crate::server::routes::Frames;
+    use crate::wire::framing::Frames;
 
     fn message(pieces: &[&'static [u8]]) -> IpcMessage {
         IpcMessage {

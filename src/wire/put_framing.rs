@@ -6,14 +6,15 @@
 //! nearly every column a second time. Here a message's body is copied once, straight from the
 //! HTTP/2 frames into a 64-byte aligned buffer, and the batches decoded from it share that
 //! memory. The other fields (descriptor, IPC header, app_metadata) are small and decoded as
-//! usual. Everything after the request — the put and its reply — is [`QuiverService::put`].
+//! usual. The put itself is the service's (`QuiverService::put`); its result goes back as the
+//! response's one message ([`reply`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use arrow_buffer::MutableBuffer;
-use arrow_flight::FlightData;
+use arrow_flight::{FlightData, PutResult};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use http_body::Body as _;
@@ -21,10 +22,8 @@ use prost::Message;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::metadata::MetadataMap;
 
-use super::routes::{self, too_large};
-use crate::service::QuiverService;
+use super::framing::{self, too_large};
 
 /// `FlightData.data_body`'s field number.
 const DATA_BODY: u64 = 1000;
@@ -101,31 +100,8 @@ impl Drop for PooledBody {
     }
 }
 
-pub async fn do_put(
-    service: QuiverService,
-    request: http::Request<Body>,
-    limit: usize,
-    pool: Arc<BodyPool>,
-) -> Result<http::Response<Body>, Status> {
-    let (parts, body) = request.into_parts();
-    let metadata = MetadataMap::from_headers(parts.headers);
-    let reply = service
-        .put(&metadata, Messages::new(body, limit, pool).boxed())
-        .await?;
-    let mut framed = BytesMut::with_capacity(5 + reply.encoded_len());
-    framed.put_u8(0);
-    framed.put_u32(reply.encoded_len() as u32);
-    reply
-        .encode(&mut framed)
-        .map_err(|e| Status::internal(format!("encoding the put's reply: {e}")))?;
-    let message = vec![framed.freeze()];
-    Ok(routes::response(
-        futures::stream::once(async move { Ok(message) }).boxed(),
-    ))
-}
-
 /// The request body's gRPC messages as `FlightData`, each body in a 64-byte aligned buffer.
-struct Messages {
+pub struct Messages {
     body: Body,
     limit: usize,
     pool: Arc<BodyPool>,
@@ -154,7 +130,7 @@ struct Partial {
 }
 
 impl Messages {
-    fn new(body: Body, limit: usize, pool: Arc<BodyPool>) -> Self {
+    pub fn new(body: Body, limit: usize, pool: Arc<BodyPool>) -> Self {
         Self {
             body,
             limit,
@@ -404,6 +380,20 @@ impl Stream for Messages {
             }
         }
     }
+}
+
+/// DoPut's response: the put's result as its one gRPC message.
+pub fn reply(result: PutResult) -> Result<http::Response<Body>, Status> {
+    let mut framed = BytesMut::with_capacity(5 + result.encoded_len());
+    framed.put_u8(0);
+    framed.put_u32(result.encoded_len() as u32);
+    result
+        .encode(&mut framed)
+        .map_err(|e| Status::internal(format!("encoding the put's reply: {e}")))?;
+    let message = vec![framed.freeze()];
+    Ok(framing::response(
+        futures::stream::once(async move { Ok(message) }).boxed(),
+    ))
 }
 
 #[cfg(test)]
