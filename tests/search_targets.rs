@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_flight::FlightClient;
 use arrow_schema::{DataType, Field, Schema};
 use elasticsearch::http::Method;
 use futures::SinkExt;
@@ -192,6 +193,161 @@ async fn elasticsearch_modes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opensearch_modes() {
     modes("opensearch").await;
+}
+
+/// `(id, v)` pairs of an asset, in read order.
+async fn read(client: &mut FlightClient, kind: &str, asset: &str) -> Vec<(i64, Option<String>)> {
+    let (_, got) = get(client, json!({"target": kind, "asset": asset}))
+        .await
+        .unwrap();
+    pairs(&got)
+}
+
+/// The `_meta.quiver.key` of the one index behind `alias` (without the test prefix), and the
+/// index's name.
+async fn keyed_by(cluster: &SearchServer, alias: &str) -> (String, serde_json::Value) {
+    let behind = cluster.behind(alias).await;
+    assert_eq!(
+        behind.len(),
+        1,
+        "{}: {alias} is one index: {behind:?}",
+        cluster.kind
+    );
+    let index = behind[0].clone();
+    let (status, mapping) = cluster
+        .request(Method::Get, &format!("/{index}/_mapping"), None)
+        .await;
+    assert_eq!(status, 200, "{mapping}");
+    let key = mapping[&index]["mappings"]["_meta"]["quiver"]["key"].clone();
+    (index, key)
+}
+
+/// An upsert by a key the documents' `_id`s do not come from (the asset was written without
+/// it) first copies them into a new index keyed by it, so one document per key remains; later
+/// upserts by that key go into that index; once documents without the key repeat one, the
+/// upsert is refused and changes nothing.
+async fn upsert_by_a_new_key(kind: &'static str) {
+    let cluster = SearchServer::start(kind).await;
+    let server = server_for(&cluster).await;
+    let mut client = server.client().await;
+    let people = |mode: &str, key: Option<&str>, id: &[i64], v: &[i64]| {
+        let mut command = json!({"target": kind, "asset": "people", "mode": mode});
+        if let Some(key) = key {
+            command["key"] = json!([key]);
+        }
+        let b = batch(vec![("id", ids(id)), ("v", ids(v))]);
+        (cmd(command), b)
+    };
+    let n = |v: i64| Some(v.to_string());
+
+    let (d, b) = people("overwrite", None, &[1, 3], &[1, 3]);
+    put(&mut client, d, b.schema(), vec![b]).await.unwrap();
+    // Not refreshed when the put returns: the copy still sees it.
+    let (_, b) = people("append", None, &[5], &[5]);
+    let d = cmd(json!({"target": kind, "asset": "people", "mode": "append",
+                       "options": {"refresh": false}}));
+    put(&mut client, d, b.schema(), vec![b]).await.unwrap();
+    let (unkeyed, key) = keyed_by(&cluster, "people").await;
+    assert_eq!(key, serde_json::Value::Null, "{kind}");
+
+    let (d, b) = people("upsert", Some("id"), &[3, 4], &[30, 40]);
+    let result = put(&mut client, d, b.schema(), vec![b]).await.unwrap();
+    assert_eq!(result["rows"], 2, "{result}");
+    assert_eq!(
+        read(&mut client, kind, "people").await,
+        [(1, n(1)), (5, n(5)), (3, n(30)), (4, n(40))],
+        "{kind}: one document per key, in write order"
+    );
+    let (keyed, key) = keyed_by(&cluster, "people").await;
+    assert_ne!(keyed, unkeyed, "{kind}: the upsert swapped in a new index");
+    assert_eq!(key, json!(["id"]), "{kind}");
+    assert_eq!(
+        cluster.indices().await,
+        std::slice::from_ref(&keyed),
+        "{kind}"
+    );
+    let info = client
+        .get_flight_info(path(&[kind, "people"]))
+        .await
+        .unwrap();
+    assert_eq!(info.total_records, 4);
+
+    // The index is keyed by `id` now: the next upsert writes into it.
+    let (d, b) = people("upsert", Some("id"), &[4], &[41]);
+    put(&mut client, d, b.schema(), vec![b]).await.unwrap();
+    assert_eq!(
+        keyed_by(&cluster, "people").await,
+        (keyed.clone(), json!(["id"]))
+    );
+    assert_eq!(
+        read(&mut client, kind, "people").await,
+        [(1, n(1)), (5, n(5)), (3, n(30)), (4, n(41))]
+    );
+
+    // An append without the key forgets it; documents may then repeat a key.
+    let (d, b) = people("append", None, &[3], &[31]);
+    put(&mut client, d, b.schema(), vec![b]).await.unwrap();
+    assert_eq!(
+        keyed_by(&cluster, "people").await,
+        (keyed.clone(), serde_json::Value::Null)
+    );
+    let before = read(&mut client, kind, "people").await;
+    assert_eq!(before.len(), 5);
+    let (d, b) = people("upsert", Some("id"), &[4], &[42]);
+    let err = put(&mut client, d, b.schema(), vec![b]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    for part in [
+        "asset 'people'",
+        r#"key ["id"]"#,
+        "(e.g. 3)",
+        "Overwrite the asset",
+    ] {
+        assert!(err.message().contains(part), "{kind}: {part} in {err}");
+    }
+    assert_eq!(
+        read(&mut client, kind, "people").await,
+        before,
+        "{kind}: nothing changed"
+    );
+    assert_eq!(
+        cluster.indices().await,
+        [keyed],
+        "{kind}: the copy is deleted"
+    );
+
+    // A partition's index is rekeyed on its own, behind both aliases.
+    let day = |mode: &str, key: Option<&str>, id: &[i64], v: &[i64]| {
+        let mut command =
+            json!({"target": kind, "asset": "visits", "mode": mode, "partition": "2024-01-01"});
+        if let Some(key) = key {
+            command["key"] = json!([key]);
+        }
+        (cmd(command), batch(vec![("id", ids(id)), ("v", ids(v))]))
+    };
+    for (d, b) in [
+        day("overwrite", None, &[7, 8], &[7, 8]),
+        day("upsert", Some("id"), &[8, 9], &[80, 90]),
+    ] {
+        put(&mut client, d, b.schema(), vec![b]).await.unwrap();
+    }
+    for ticket in [
+        json!({"target": kind, "asset": "visits"}),
+        json!({"target": kind, "asset": "visits", "partition": "2024-01-01"}),
+    ] {
+        let (_, got) = get(&mut client, ticket).await.unwrap();
+        assert_eq!(pairs(&got), [(7, n(7)), (8, n(80)), (9, n(90))], "{kind}");
+    }
+    assert_eq!(cluster.indices().await.len(), 2, "{kind}: one per asset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_upsert_by_a_new_key() {
+    upsert_by_a_new_key("elasticsearch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensearch_upsert_by_a_new_key() {
+    upsert_by_a_new_key("opensearch").await;
 }
 
 /// A reader polling while overwrites land sees one whole version each time, never a mix and

@@ -144,3 +144,21 @@ def test_bad_data_is_refused_with_the_column_named(search):
         _put(search, {"target": "search", "asset": "bad"}, table)
     with pytest.raises(pa.ArrowKeyError, match="not found"):
         _get(search, {"target": "search", "asset": "bad"})
+
+
+def test_upsert_after_a_put_without_key_keeps_one_row_per_key(search):
+    people = {"target": "search", "asset": "people"}
+    _put(search, {**people, "mode": "overwrite"}, pa.table({"id": [3], "v": [3]}))
+    change = pa.table({"id": [3, 4], "v": [30, 40]})
+    _put(search, {**people, "mode": "upsert", "key": ["id"]}, change)
+    got = _get(search, people)
+    assert list(zip(got.column("id").to_pylist(), got.column("v").to_pylist())) == [(3, 30), (4, 40)]
+
+    # Documents appended without the key may repeat one: an upsert by it is refused, and
+    # nothing changes.
+    _put(search, {**people, "mode": "append"}, pa.table({"id": [4], "v": [41]}))
+    # pyarrow reports FAILED_PRECONDITION as ArrowInvalid with the gRPC code in the message.
+    with pytest.raises(pa.ArrowInvalid, match=r"precondition failed.*cannot be upserted by key \[\"id\"\]"):
+        _put(search, {**people, "mode": "upsert", "key": ["id"]}, pa.table({"id": [5], "v": [50]}))
+    got = _get(search, people)
+    assert sorted(got.column("id").to_pylist()) == [3, 4, 4]

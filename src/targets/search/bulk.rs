@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
 use elasticsearch::http::Method;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -16,10 +19,10 @@ use tracing::warn;
 
 use super::cluster::{Cluster, error_reason};
 use super::mapping::RowSource;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo_list};
 use crate::protocol::Mode;
 use crate::targets::file::json::first_non_finite;
-use crate::targets::{AssetWriter, WriteRequest, WriteSummary};
+use crate::targets::{AssetWriter, SendableBatchStream, WriteRequest, WriteSummary};
 
 /// Attempts of one `_bulk` body the cluster answers with 429 or 5xx, or does not answer.
 const BULK_ATTEMPTS: u32 = 8;
@@ -42,13 +45,34 @@ pub(super) struct Destination {
     pub replaces: Vec<String>,
 }
 
+/// The bulk action a row becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    /// A new document, or the whole of the one with the same `_id`.
+    Index,
+    /// `update` + `doc_as_upsert`: the row's fields replace those of the document with the
+    /// same `_id`, or make a new one.
+    Update,
+    /// A copied document (`index` when it has no `_id`): a second one with the same `_id` is a
+    /// conflict, reported rather than applied.
+    Create,
+}
+
+/// Where a document's read order comes from.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    /// Microseconds since the epoch when the put began, then the row's number in the put.
+    Put(i64),
+    /// The batch's last column: the order the document was given when first written.
+    Recorded,
+}
+
 /// How each row becomes a bulk action.
 struct Actions {
     index: String,
     key: Vec<String>,
-    upsert: bool,
-    /// Microseconds since the epoch when the put began: the first half of the read order.
-    put: i64,
+    verb: Verb,
+    order: Order,
 }
 
 /// One `_bulk` body and where each action starts in it.
@@ -98,14 +122,24 @@ impl FrozenBody {
 struct Outcome {
     rejected: u64,
     reasons: Vec<String>,
+    /// `create` actions refused because a document with their `_id` exists.
+    conflicts: u64,
+    /// The first of those `_id`s.
+    conflicting: Vec<String>,
 }
 
 impl Outcome {
     fn merge(&mut self, other: Outcome) {
         self.rejected += other.rejected;
+        self.conflicts += other.conflicts;
         for reason in other.reasons {
             if self.reasons.len() < REPORTED_REASONS {
                 self.reasons.push(reason);
+            }
+        }
+        for id in other.conflicting {
+            if self.conflicting.len() < REPORTED_REASONS {
+                self.conflicting.push(id);
             }
         }
     }
@@ -113,6 +147,7 @@ impl Outcome {
 
 pub(super) struct SearchWriter {
     cluster: Arc<Cluster>,
+    asset: String,
     destination: Destination,
     actions: Arc<Actions>,
     refresh: bool,
@@ -140,12 +175,16 @@ impl SearchWriter {
         let actions = Arc::new(Actions {
             index: destination.index.clone(),
             key: req.key.clone(),
-            upsert: req.mode == Mode::Upsert,
-            put,
+            verb: match req.mode {
+                Mode::Upsert => Verb::Update,
+                _ => Verb::Index,
+            },
+            order: Order::Put(put),
         });
         let (bulk_bytes, concurrency) = cluster.bulk_limits();
         Self {
             cluster,
+            asset: req.asset.to_string(),
             destination,
             actions,
             refresh,
@@ -181,7 +220,28 @@ impl SearchWriter {
         Ok(())
     }
 
-    async fn finish(&mut self) -> Result<WriteSummary> {
+    /// Encodes a batch off the runtime and sends the bodies it fills.
+    async fn encode_and_send(
+        &mut self,
+        actions: &Arc<Actions>,
+        batch: RecordBatch,
+        first_row: u64,
+    ) -> Result<()> {
+        let actions = Arc::clone(actions);
+        let open = std::mem::take(&mut self.open);
+        let limit = self.bulk_bytes;
+        let (open, full) =
+            tokio::task::spawn_blocking(move || encode(&actions, &batch, first_row, open, limit))
+                .await??;
+        self.open = open;
+        for body in full {
+            self.send(body).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the open body and waits for every body in flight.
+    async fn flush(&mut self) -> Result<()> {
         let open = std::mem::take(&mut self.open);
         if !open.is_empty() {
             self.send(open).await?;
@@ -189,6 +249,56 @@ impl SearchWriter {
         while !self.in_flight.is_empty() {
             self.collect_one().await?;
         }
+        Ok(())
+    }
+
+    /// Copies documents read from the index this put replaces, each read with its order
+    /// field as the last column, into the new index with `_id`s from the put's key; the put's
+    /// own rows come after them. Two documents with the same key fail the put: a keyed index
+    /// holds one document per key.
+    pub async fn copy(&mut self, mut documents: SendableBatchStream) -> Result<()> {
+        let actions = Arc::new(Actions {
+            index: self.destination.index.clone(),
+            key: self.actions.key.clone(),
+            verb: Verb::Create,
+            order: Order::Recorded,
+        });
+        while let Some(batch) = documents.next().await {
+            self.encode_and_send(&actions, batch?, 0).await?;
+        }
+        self.flush().await?;
+        let outcome = std::mem::take(&mut self.outcome);
+        if outcome.conflicts > 0 {
+            let key = echo_list(self.actions.key.iter().map(String::as_str));
+            return Err(Error::failed_precondition(format!(
+                "asset '{}' in {} target '{}' cannot be upserted by key {key:?}: {} of its \
+                 documents repeat the key of an earlier one (e.g. {}), and an upsert keeps one \
+                 document per key; nothing was changed. Overwrite the asset without the \
+                 duplicates (a put with this \"key\" stores one document per key), then upsert",
+                self.asset,
+                self.cluster.flavour.kind(),
+                self.cluster.target(),
+                outcome.conflicts,
+                echo_list(outcome.conflicting.iter().map(String::as_str)),
+            )));
+        }
+        if outcome.rejected > 0 {
+            return Err(Error::storage(
+                self.cluster.target(),
+                "copying documents into an index keyed by the upsert's key",
+                format!(
+                    "{} documents of asset '{}' were rejected; first reasons: {}",
+                    outcome.rejected,
+                    self.asset,
+                    outcome.reasons.join("; ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<WriteSummary> {
+        self.flush().await?;
         if self.outcome.rejected > 0 {
             let kept = if self.destination.created {
                 "nothing was stored"
@@ -263,18 +373,9 @@ impl AssetWriter for SearchWriter {
             }
         }
         let actions = Arc::clone(&self.actions);
-        let open = std::mem::take(&mut self.open);
         let first_row = self.rows;
-        let limit = self.bulk_bytes;
         self.rows += batch.num_rows() as u64;
-        let (open, full) =
-            tokio::task::spawn_blocking(move || encode(&actions, &batch, first_row, open, limit))
-                .await??;
-        self.open = open;
-        for body in full {
-            self.send(body).await?;
-        }
-        Ok(())
+        self.encode_and_send(&actions, batch, first_row).await
     }
 
     /// Waits for every `_bulk` request to be answered before the put becomes pending: a request
@@ -333,32 +434,46 @@ fn encode(
     mut open: Body,
     limit: usize,
 ) -> Result<(Body, Vec<Body>)> {
-    let source = RowSource::new(batch);
+    let (batch, order) = match actions.order {
+        Order::Put(put) => {
+            let rows = first_row..first_row + batch.num_rows() as u64;
+            (batch.clone(), rows.map(|row| (put, row)).collect())
+        }
+        Order::Recorded => split_order(batch)?,
+    };
+    let source = RowSource::new(&batch);
     let mut rows = source
         .encoder()
         .map_err(|e| Error::invalid_data(format!("cannot encode a batch as documents: {e}")))?;
-    let ids = document_ids(&actions.key, batch)?;
+    let ids = document_ids(&actions.key, &batch, actions.verb == Verb::Create)?;
     let index = serde_json::to_string(&actions.index).expect("a string serializes");
     let mut full = Vec::new();
     for i in 0..batch.num_rows() {
         let out = &mut open.bytes;
         open.starts.push(out.len());
-        let verb = if actions.upsert { "update" } else { "index" };
+        let id = ids.as_ref().and_then(|ids| ids[i].as_ref());
+        let verb = match (actions.verb, id) {
+            (Verb::Update, _) => "update",
+            (Verb::Create, Some(_)) => "create",
+            (Verb::Index | Verb::Create, _) => "index",
+        };
         out.extend_from_slice(format!("{{\"{verb}\":{{\"_index\":{index}").as_bytes());
-        if let Some(ids) = &ids {
+        if let Some(id) = id {
             out.extend_from_slice(b",\"_id\":");
             out.extend_from_slice(
-                serde_json::to_string(&ids[i])
+                serde_json::to_string(id)
                     .expect("a string serializes")
                     .as_bytes(),
             );
         }
         out.extend_from_slice(b"}}\n");
-        if actions.upsert {
+        let update = actions.verb == Verb::Update;
+        if update {
             out.extend_from_slice(b"{\"doc\":");
         }
-        rows.encode(i, actions.put, first_row + i as u64, out);
-        if actions.upsert {
+        let (put, row) = order[i];
+        rows.encode(i, put, row, out);
+        if update {
             out.extend_from_slice(b",\"doc_as_upsert\":true}");
         }
         out.push(b'\n');
@@ -369,19 +484,57 @@ fn encode(
     Ok((open, full))
 }
 
+/// The batch without its last column, the order field, and the order each row had.
+fn split_order(batch: &RecordBatch) -> Result<(RecordBatch, Vec<(i64, u64)>)> {
+    let last = batch.num_columns() - 1;
+    let order = batch.column(last).as_struct();
+    let (puts, rows) = (
+        order.column(0).as_primitive::<Int64Type>(),
+        order.column(1).as_primitive::<Int64Type>(),
+    );
+    // A document written by another tool may lack the field: it sorts first.
+    let value = |column: &arrow_array::Int64Array, i: usize| {
+        if column.is_valid(i) {
+            column.value(i)
+        } else {
+            0
+        }
+    };
+    let order = (0..batch.num_rows())
+        .map(|i| (value(puts, i), value(rows, i) as u64))
+        .collect();
+    let fields: Vec<usize> = (0..last).collect();
+    let rest = batch
+        .project(&fields)
+        .map_err(|e| Error::internal(format!("cannot drop the order column: {e}")))?;
+    Ok((rest, order))
+}
+
 /// `_id`s from the key columns: the value itself for one column, a JSON array of the values
-/// for several. `None` without a key (the cluster assigns ids).
-fn document_ids(key: &[String], batch: &RecordBatch) -> Result<Option<Vec<String>>> {
+/// for several. `None` without a key (the cluster assigns ids). A null in a key column is
+/// refused unless `nulls` allows it; such a row then has no `_id` (no upsert can name it).
+fn document_ids(
+    key: &[String],
+    batch: &RecordBatch,
+    nulls: bool,
+) -> Result<Option<Vec<Option<String>>>> {
     if key.is_empty() {
         return Ok(None);
     }
     let options = FormatOptions::default();
     let mut columns = Vec::new();
     for name in key {
-        let column = batch.column_by_name(name).ok_or_else(|| {
-            Error::invalid_data(format!("key column '{name}' is missing from a batch"))
-        })?;
-        if column.null_count() > 0 {
+        let column = match batch.column_by_name(name) {
+            Some(column) => column,
+            // A key column the copied documents do not have yet: none of them has a key.
+            None if nulls => return Ok(Some(vec![None; batch.num_rows()])),
+            None => {
+                return Err(Error::invalid_data(format!(
+                    "key column '{name}' is missing from a batch"
+                )));
+            }
+        };
+        if column.null_count() > 0 && !nulls {
             return Err(Error::invalid_data(format!(
                 "key column '{name}' holds nulls; every document needs a key to be upserted"
             )));
@@ -395,14 +548,17 @@ fn document_ids(key: &[String], batch: &RecordBatch) -> Result<Option<Vec<String
         .map_err(|e| Error::invalid_data(format!("cannot format a key column: {e}")))?;
     let ids = (0..batch.num_rows())
         .map(|row| {
+            if columns.iter().any(|c| c.is_null(row)) {
+                return None;
+            }
             let values: Vec<String> = formatters
                 .iter()
                 .map(|f| f.value(row).to_string())
                 .collect();
-            match values.as_slice() {
+            Some(match values.as_slice() {
                 [one] => one.clone(),
                 _ => serde_json::to_string(&values).expect("strings serialize"),
-            }
+            })
         })
         .collect();
     Ok(Some(ids))
@@ -420,6 +576,8 @@ struct BulkItem {
     status: u16,
     #[serde(default)]
     error: Option<Value>,
+    #[serde(default, rename = "_id")]
+    id: Option<String>,
 }
 
 fn transient(status: u16) -> bool {
@@ -441,7 +599,7 @@ async fn send_bulk(cluster: &Cluster, mut body: FrozenBody) -> Result<Outcome> {
         let sent = cluster
             .send(
                 Method::Post,
-                "/_bulk?filter_path=errors,items.*.status,items.*.error",
+                "/_bulk?filter_path=errors,items.*.status,items.*.error,items.*._id",
                 Some(body.bytes.clone()),
                 true,
                 "loading documents",
@@ -481,10 +639,19 @@ async fn send_bulk(cluster: &Cluster, mut body: FrozenBody) -> Result<Outcome> {
         }
         let mut retry = Vec::new();
         for (i, item) in parsed.items.iter().enumerate() {
-            let Some(item) = item.values().next() else {
+            let Some((verb, item)) = item.iter().next() else {
                 continue;
             };
             if item.status < 300 {
+                continue;
+            }
+            if verb == "create" && item.status == 409 {
+                outcome.conflicts += 1;
+                if outcome.conflicting.len() < REPORTED_REASONS {
+                    outcome
+                        .conflicting
+                        .push(item.id.clone().unwrap_or_default());
+                }
                 continue;
             }
             if transient(item.status) && !last {
@@ -512,8 +679,9 @@ async fn send_bulk(cluster: &Cluster, mut body: FrozenBody) -> Result<Outcome> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::mapping::ORDER_FIELD;
     use super::*;
-    use arrow_array::{Int64Array, StringArray};
+    use arrow_array::{ArrayRef, Int64Array, StringArray, StructArray};
     use arrow_schema::{DataType, Field, Schema};
 
     fn batch() -> RecordBatch {
@@ -536,8 +704,8 @@ mod tests {
         let actions = Actions {
             index: "sales.quiver-1".into(),
             key: vec!["id".into()],
-            upsert: true,
-            put: 5,
+            verb: Verb::Update,
+            order: Order::Put(5),
         };
         let (open, full) = encode(&actions, &batch(), 10, Body::default(), 150).unwrap();
         let all: Vec<Body> = full.into_iter().chain([open]).collect();
@@ -561,19 +729,72 @@ mod tests {
 
     #[test]
     fn composite_keys_are_json_arrays_and_null_keys_are_refused() {
-        let ids = document_ids(&["id".into(), "name".into()], &batch())
+        let ids = document_ids(&["id".into(), "name".into()], &batch(), false)
             .unwrap()
             .unwrap();
-        assert_eq!(ids[0], r#"["1","a"]"#);
+        assert_eq!(ids[0].as_deref(), Some(r#"["1","a"]"#));
         let nulls = RecordBatch::try_new(
             Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)])),
             vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
         )
         .unwrap();
-        let err = document_ids(&["id".into()], &nulls)
+        let err = document_ids(&["id".into()], &nulls, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("'id' holds nulls"), "{err}");
+        let copied = document_ids(&["id".into()], &nulls, true).unwrap().unwrap();
+        assert_eq!(copied, [Some("1".to_string()), None]);
+    }
+
+    /// Copied documents keep their order and get `_id`s from the key; one without a key value
+    /// is indexed with an `_id` the cluster picks.
+    #[test]
+    fn copies_are_created_with_their_recorded_order() {
+        let order = StructArray::from(vec![
+            (
+                Arc::new(Field::new("put", DataType::Int64, true)),
+                Arc::new(Int64Array::from(vec![Some(7), Some(7), None])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("row", DataType::Int64, true)),
+                Arc::new(Int64Array::from(vec![Some(0), Some(1), None])) as ArrayRef,
+            ),
+        ]);
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new(ORDER_FIELD, order.data_type().clone(), true),
+        ]);
+        let documents = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(3), Some(4), None])),
+                Arc::new(order),
+            ],
+        )
+        .unwrap();
+        let actions = Actions {
+            index: "i".into(),
+            key: vec!["id".into()],
+            verb: Verb::Create,
+            order: Order::Recorded,
+        };
+        let (open, _) = encode(&actions, &documents, 0, Body::default(), usize::MAX).unwrap();
+        let lines: Vec<Value> = String::from_utf8(open.bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                json!({"create": {"_index": "i", "_id": "3"}}),
+                json!({"id": 3, "__quiver": {"put": 7, "row": 0}}),
+                json!({"create": {"_index": "i", "_id": "4"}}),
+                json!({"id": 4, "__quiver": {"put": 7, "row": 1}}),
+                json!({"index": {"_index": "i"}}),
+                json!({"__quiver": {"put": 0, "row": 0}}),
+            ]
+        );
     }
 
     #[test]
@@ -581,8 +802,8 @@ mod tests {
         let actions = Actions {
             index: "i".into(),
             key: vec![],
-            upsert: false,
-            put: 1,
+            verb: Verb::Index,
+            order: Order::Put(1),
         };
         let (open, _) = encode(&actions, &batch(), 0, Body::default(), usize::MAX).unwrap();
         let frozen = open.freeze();

@@ -11,8 +11,8 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use elasticsearch::http::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
-use super::Flavour;
 use super::SearchConfig;
+use super::{Flavour, mapping};
 use crate::error::{Error, Result};
 
 /// How long a point in time or scroll stays open between two pages.
@@ -273,9 +273,9 @@ impl Cluster {
         .map(|_| ())
     }
 
-    /// Adds the fields of `mappings` that `index` does not have yet.
-    pub async fn add_missing_fields(&self, index: &str, mappings: &Value) -> Result<()> {
-        let current = self
+    /// The mapping of one index.
+    pub async fn mapping(&self, index: &str) -> Result<Value> {
+        let mut reply = self
             .call(
                 Method::Get,
                 &format!("/{index}/_mapping"),
@@ -283,22 +283,34 @@ impl Cluster {
                 "reading a mapping",
             )
             .await?;
-        let known = &current[index]["mappings"]["properties"];
-        let missing: serde_json::Map<String, Value> = mappings["properties"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(name, _)| known.get(name.as_str()).is_none())
-            .map(|(name, m)| (name.clone(), m.clone()))
-            .collect();
-        if missing.is_empty() {
+        Ok(reply[index]["mappings"].take())
+    }
+
+    /// Adds the fields of `mappings` that `current`, the index's mapping, lacks, and replaces
+    /// its `_meta` with `meta` when given.
+    pub async fn extend_mapping(
+        &self,
+        index: &str,
+        current: &Value,
+        mappings: &Value,
+        meta: Option<Value>,
+    ) -> Result<()> {
+        let missing = mapping::missing_fields(current, mappings);
+        let mut body = serde_json::Map::new();
+        if !missing.is_empty() {
+            body.insert("properties".into(), Value::Object(missing));
+        }
+        if let Some(meta) = meta {
+            body.insert("_meta".into(), meta);
+        }
+        if body.is_empty() {
             return Ok(());
         }
         self.call(
             Method::Put,
             &format!("/{index}/_mapping"),
-            Some(json!({ "properties": missing })),
-            "adding fields to a mapping",
+            Some(Value::Object(body)),
+            "updating a mapping",
         )
         .await
         .map(|_| ())

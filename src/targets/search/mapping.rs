@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BinaryArray, LargeBinaryArray, RecordBatch, StructArray};
 use arrow_json::writer::{Encoder, EncoderFactory, EncoderOptions, NullableEncoder, make_encoder};
-use arrow_schema::{ArrowError, DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow_schema::{ArrowError, DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
@@ -21,6 +21,73 @@ use crate::targets::file::json::supported as json_supported;
 
 /// The object every document carries for read order: `{"put": …, "row": …}`.
 pub(super) const ORDER_FIELD: &str = "__quiver";
+
+/// Where the mapping's `_meta.quiver` records the key columns the index's `_id`s come from:
+/// set when a put with a key creates the index, cleared when a put without that key adds
+/// documents. Only an index keyed by an upsert's key lets the upsert find documents by `_id`.
+const KEY_META: &str = "key";
+
+/// The `_meta.quiver.key` of an index created by a put with `key`.
+pub(super) fn key_meta(key: &[String]) -> Value {
+    if key.is_empty() {
+        Value::Null
+    } else {
+        json!(key)
+    }
+}
+
+/// The key columns every document's `_id` in an index mapped as `mapping` comes from, if any.
+pub(super) fn keyed_by(mapping: &Value) -> Option<Vec<String>> {
+    serde_json::from_value(mapping["_meta"]["quiver"][KEY_META].clone()).ok()
+}
+
+/// `mapping`'s `_meta` with the key forgotten, for an index that gets documents whose `_id`s
+/// come from another key or from the cluster.
+pub(super) fn without_key(mapping: &Value) -> Value {
+    let mut meta = mapping["_meta"].clone();
+    meta["quiver"][KEY_META] = Value::Null;
+    meta
+}
+
+/// The fields of `wanted` that `current` does not map.
+pub(super) fn missing_fields(current: &Value, wanted: &Value) -> serde_json::Map<String, Value> {
+    let known = &current["properties"];
+    wanted["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| known.get(name.as_str()).is_none())
+        .map(|(name, m)| (name.clone(), m.clone()))
+        .collect()
+}
+
+/// The mapping of an index replacing one mapped as `current`: its fields (and how they are
+/// indexed) kept, the fields of `wanted` it lacks added.
+pub(super) fn extended(current: &Value, wanted: &Value) -> Value {
+    let mut mapping = current.clone();
+    let missing = missing_fields(current, wanted);
+    match mapping["properties"].as_object_mut() {
+        Some(properties) => properties.extend(missing),
+        None => mapping["properties"] = Value::Object(missing),
+    }
+    mapping
+}
+
+/// `schema` with the order field as its last column: documents read this way can be written
+/// again in the order they had.
+pub(super) fn with_order_field(schema: &Schema) -> SchemaRef {
+    let order = Fields::from(vec![
+        Field::new("put", DataType::Int64, true),
+        Field::new("row", DataType::Int64, true),
+    ]);
+    let mut fields: Vec<FieldRef> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        ORDER_FIELD,
+        DataType::Struct(order),
+        true,
+    )));
+    Arc::new(Schema::new(fields))
+}
 
 /// Decimals of at most this precision (and a scale of 0 or more) are JSON numbers mapped as
 /// `double`: a double represents every decimal of 15 significant digits exactly, so range

@@ -177,6 +177,19 @@ impl SearchTarget {
         }
         Ok(indices)
     }
+
+    /// Copies every document of `index`, read with `schema`, into the writer's new index.
+    async fn copy(
+        &self,
+        writer: &mut bulk::SearchWriter,
+        index: String,
+        schema: SchemaRef,
+    ) -> Result<()> {
+        // Documents of a put made without `refresh` are not searchable until a refresh.
+        self.cluster.refresh(&index).await?;
+        let documents = read::read(Arc::clone(&self.cluster), vec![index], schema).await?;
+        writer.copy(documents).await
+    }
 }
 
 /// Per-put options.
@@ -300,12 +313,44 @@ impl Target for SearchTarget {
             created: false,
             replaces: Vec::new(),
         };
+        let meta = json!({
+            "prefix": self.config.index_prefix,
+            "asset": req.asset.to_string(),
+            "partition": req.partition.as_ref().map(Partition::to_json),
+            "key": mapping::key_meta(&req.key),
+        });
+        // The index an upsert copies before writing, when its documents' `_id`s do not come
+        // from the upsert's key.
+        let mut rekeys = None;
         let destination = match (req.mode, live.as_slice()) {
             (Mode::Append | Mode::Upsert, [index]) => {
-                self.cluster.add_missing_fields(index, &mappings).await?;
-                bulk::Destination {
-                    index: index.clone(),
-                    ..target
+                let current = self.cluster.mapping(index).await?;
+                let keyed_by = mapping::keyed_by(&current);
+                let by_this_key = keyed_by.as_deref() == Some(req.key.as_slice());
+                if req.mode == Mode::Upsert && !by_this_key {
+                    // Documents written without this key cannot be found by `_id`: the upsert
+                    // copies them into a new index keyed by it, then swaps it in like an
+                    // overwrite, so readers never see both a document and its replacement.
+                    let new = put_index(&target.alias, &req.put_id);
+                    let extended = mapping::extended(&current, &mappings);
+                    self.cluster.create_index(&new, extended, meta).await?;
+                    rekeys = Some(index.clone());
+                    bulk::Destination {
+                        index: new,
+                        created: true,
+                        replaces: vec![index.clone()],
+                        ..target
+                    }
+                } else {
+                    let forget = (keyed_by.is_some() && !by_this_key)
+                        .then(|| mapping::without_key(&current));
+                    self.cluster
+                        .extend_mapping(index, &current, &mappings, forget)
+                        .await?;
+                    bulk::Destination {
+                        index: index.clone(),
+                        ..target
+                    }
                 }
             }
             (Mode::Append | Mode::Upsert, [_, _, ..]) => {
@@ -328,11 +373,6 @@ impl Target for SearchTarget {
                         }
                     }
                 }
-                let meta = json!({
-                    "prefix": self.config.index_prefix,
-                    "asset": req.asset.to_string(),
-                    "partition": req.partition.as_ref().map(Partition::to_json),
-                });
                 self.cluster.create_index(&index, mappings, meta).await?;
                 bulk::Destination {
                     index,
@@ -342,13 +382,23 @@ impl Target for SearchTarget {
                 }
             }
         };
-        Ok(Box::new(bulk::SearchWriter::new(
+        let mut writer = Box::new(bulk::SearchWriter::new(
             Arc::clone(&self.cluster),
             destination,
             req,
             options.refresh,
             self.location(&req.asset, req.partition.as_ref()),
-        )))
+        ));
+        if let Some(old) = rekeys {
+            let schema = mapping::with_order_field(req.existing.as_deref().unwrap_or(&req.schema));
+            if let Err(e) = self.copy(&mut writer, old, schema).await {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(error = %abort, "aborting an upsert whose copy failed also failed");
+                }
+                return Err(e);
+            }
+        }
+        Ok(writer)
     }
 
     async fn read(&self, req: &ReadRequest) -> Result<SendableBatchStream> {
