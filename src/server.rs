@@ -20,7 +20,7 @@ use crate::config::{Config, TlsConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::service::QuiverService;
-use crate::targets::Targets;
+use crate::targets::registry::Targets;
 
 /// Builds the service a configuration describes: opens the catalog and every target.
 pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<QuiverService> {

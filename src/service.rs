@@ -33,7 +33,7 @@ use crate::catalog::Catalog;
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::protocol;
-use crate::targets::Targets;
+use crate::targets::registry::Targets;
 use crate::wire::get_encode::IpcMessage;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use crate::catalog::{Catalog, PendingPut};
 use crate::error::Result;
-use crate::targets::{Target, Targets};
+use crate::targets::Target;
+use crate::targets::registry::Targets;
 
 /// What settling one pending put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crate::asset::{AssetKey, Partition};
 use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
-use crate::targets::registry::TargetKind;
+use crate::targets::TargetKind;
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SendableBatchStream, Target, WriteRequest,
     WriteSummary, partition_location,

@@ -28,7 +28,7 @@ pub mod registry;
 pub mod search;
 pub mod sql;
 
-use std::collections::BTreeMap;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -36,12 +36,12 @@ use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use async_trait::async_trait;
 use futures::Stream;
+use serde::de::DeserializeOwned;
 
 use crate::asset::{AssetKey, Partition, PartitionColumns};
 use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
-use crate::targets::registry::TargetConfig;
 
 /// Locks a mutex shared between a target's threads. Whoever panicked while holding it has its
 /// panic reported on its own (a thread scope re-raises it, a task's join fails), so a poisoned
@@ -173,12 +173,6 @@ pub trait Target: Send + Sync + 'static {
     async fn resolve(&self, put: &PendingPut) -> Result<Option<WriteSummary>>;
 }
 
-/// With several servers sharing storage, how old an orphaned put's leftovers must be before
-/// a starting server removes them: no put runs this long.
-pub const SHARED_LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-/// Longest one target's recovery sweep may delay start-up.
-const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 #[async_trait]
 pub trait AssetWriter: Send {
     async fn write(&mut self, batch: RecordBatch) -> Result<()>;
@@ -203,76 +197,23 @@ pub fn partition_location(base: String, partition: Option<&Partition>) -> String
     }
 }
 
-/// The configured targets, by name.
-#[derive(Clone, Default)]
-pub struct Targets {
-    by_name: BTreeMap<String, Arc<dyn Target>>,
-}
+/// What each target kind provides. `Config` is the kind's `[targets.<name>]` table.
+pub trait TargetKind {
+    type Config: DeserializeOwned + std::fmt::Debug + Clone + PartialEq + Send + Sync;
 
-impl Targets {
-    /// Builds every configured target. Nothing is written until the first put.
-    pub fn from_config(configs: &BTreeMap<String, TargetConfig>) -> Result<Self> {
-        let by_name = configs
-            .iter()
-            .map(|(name, config)| Ok((name.clone(), config.build(name)?)))
-            .collect::<Result<_>>()?;
-        Ok(Self { by_name })
+    /// Checks settings without touching the outside world; the error names the setting.
+    fn validate(_config: &Self::Config) -> Result<(), String> {
+        Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Result<&Arc<dyn Target>> {
-        self.by_name.get(name).ok_or_else(|| Error::UnknownTarget {
-            target: name.to_string(),
-            available: self.names(),
-        })
-    }
+    /// Fills in where the target keeps its data when the config leaves it out.
+    fn default_location(_config: &mut Self::Config, _data_dir: &Path, _name: &str) {}
 
-    pub fn names(&self) -> Vec<String> {
-        self.by_name.keys().cloned().collect()
-    }
+    /// Why several servers (replicas) cannot share this target, if they cannot.
+    fn unshareable(config: &Self::Config) -> Option<String>;
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Target>> {
-        self.by_name.values()
-    }
-
-    /// Runs every target's recovery sweep, before the server accepts calls. A target that
-    /// cannot be reached is logged and skipped; its leftovers go at a later start.
-    /// With `shared`, other servers may be writing right now, so only leftovers older than
-    /// [`SHARED_LEFTOVER_AGE`] go.
-    pub async fn recover(&self, shared: bool) {
-        let min_age = if shared {
-            SHARED_LEFTOVER_AGE
-        } else {
-            std::time::Duration::ZERO
-        };
-        for target in self.iter() {
-            match tokio::time::timeout(RECOVERY_TIMEOUT, target.recover(min_age)).await {
-                Ok(Ok(removed)) if removed.is_empty() => {}
-                Ok(Ok(removed)) => tracing::info!(
-                    target = target.name(),
-                    count = removed.len(),
-                    removed = %removed.join(", "),
-                    "removed what interrupted puts left behind"
-                ),
-                Ok(Err(e)) => tracing::warn!(
-                    target = target.name(),
-                    error = %e,
-                    "could not look for what interrupted puts left behind"
-                ),
-                Err(_) => tracing::warn!(
-                    target = target.name(),
-                    "the recovery sweep timed out; it runs again at the next start"
-                ),
-            }
-        }
-    }
-
-    /// Names of the targets that can write `mode`, for error messages.
-    pub fn supporting(&self, mode: Mode) -> Vec<String> {
-        self.iter()
-            .filter(|t| t.modes().contains(&mode))
-            .map(|t| t.name().to_string())
-            .collect()
-    }
+    /// Builds the target. Connects to nothing: the first put or health check does.
+    fn build(name: &str, config: &Self::Config) -> Result<Arc<dyn Target>>;
 }
 
 /// The schema an evolving table has after a put of `incoming`: the stored columns, then the

@@ -1,4 +1,4 @@
-//! The one list of target kinds.
+//! The one list of target kinds, and the set of targets a configuration builds from it.
 //!
 //! Each kind lives in its own folder under `src/targets/` and implements [`TargetKind`]: its
 //! config type (the `[targets.<name>]` table without `kind`), its validation, its default
@@ -9,33 +9,16 @@
 //! left out is still known by name, so a config naming it is refused with the feature to
 //! enable rather than as a typo.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::de::{DeserializeOwned, Error as _};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use super::Target;
-use crate::error::Result;
-
-/// What each target kind provides. `Config` is the kind's `[targets.<name>]` table.
-pub trait TargetKind {
-    type Config: DeserializeOwned + std::fmt::Debug + Clone + PartialEq + Send + Sync;
-
-    /// Checks settings without touching the outside world; the error names the setting.
-    fn validate(_config: &Self::Config) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// Fills in where the target keeps its data when the config leaves it out.
-    fn default_location(_config: &mut Self::Config, _data_dir: &Path, _name: &str) {}
-
-    /// Why several servers (replicas) cannot share this target, if they cannot.
-    fn unshareable(config: &Self::Config) -> Option<String>;
-
-    /// Builds the target. Connects to nothing: the first put or health check does.
-    fn build(name: &str, config: &Self::Config) -> Result<Arc<dyn Target>>;
-}
+use super::{Target, TargetKind};
+use crate::error::{Error, Result};
+use crate::protocol::Mode;
 
 /// The kinds a build can be missing, with the Cargo feature each needs.
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +137,84 @@ registry! {
         Postgres = "postgres" => super::postgres::Postgres, feature "postgres",
         Elasticsearch = "elasticsearch" => super::search::Elasticsearch, feature "search",
         Opensearch = "opensearch" => super::search::OpenSearch, feature "search",
+    }
+}
+
+/// With several servers sharing storage, how old an orphaned put's leftovers must be before
+/// a starting server removes them: no put runs this long.
+pub const SHARED_LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Longest one target's recovery sweep may delay start-up.
+const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The configured targets, by name.
+#[derive(Clone, Default)]
+pub struct Targets {
+    by_name: BTreeMap<String, Arc<dyn Target>>,
+}
+
+impl Targets {
+    /// Builds every configured target. Nothing is written until the first put.
+    pub fn from_config(configs: &BTreeMap<String, TargetConfig>) -> Result<Self> {
+        let by_name = configs
+            .iter()
+            .map(|(name, config)| Ok((name.clone(), config.build(name)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn Target>> {
+        self.by_name.get(name).ok_or_else(|| Error::UnknownTarget {
+            target: name.to_string(),
+            available: self.names(),
+        })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Target>> {
+        self.by_name.values()
+    }
+
+    /// Runs every target's recovery sweep, before the server accepts calls. A target that
+    /// cannot be reached is logged and skipped; its leftovers go at a later start.
+    /// With `shared`, other servers may be writing right now, so only leftovers older than
+    /// [`SHARED_LEFTOVER_AGE`] go.
+    pub async fn recover(&self, shared: bool) {
+        let min_age = if shared {
+            SHARED_LEFTOVER_AGE
+        } else {
+            std::time::Duration::ZERO
+        };
+        for target in self.iter() {
+            match tokio::time::timeout(RECOVERY_TIMEOUT, target.recover(min_age)).await {
+                Ok(Ok(removed)) if removed.is_empty() => {}
+                Ok(Ok(removed)) => tracing::info!(
+                    target = target.name(),
+                    count = removed.len(),
+                    removed = %removed.join(", "),
+                    "removed what interrupted puts left behind"
+                ),
+                Ok(Err(e)) => tracing::warn!(
+                    target = target.name(),
+                    error = %e,
+                    "could not look for what interrupted puts left behind"
+                ),
+                Err(_) => tracing::warn!(
+                    target = target.name(),
+                    "the recovery sweep timed out; it runs again at the next start"
+                ),
+            }
+        }
+    }
+
+    /// Names of the targets that can write `mode`, for error messages.
+    pub fn supporting(&self, mode: Mode) -> Vec<String> {
+        self.iter()
+            .filter(|t| t.modes().contains(&mode))
+            .map(|t| t.name().to_string())
+            .collect()
     }
 }
 

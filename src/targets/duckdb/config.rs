@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::DuckDbTarget;
 use crate::error::Result;
 use crate::targets::Target;
-use crate::targets::registry::TargetKind;
+use crate::targets::TargetKind;
 
 /// DuckDB target settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::FileTarget;
 use crate::error::Result;
 use crate::targets::Target;
-use crate::targets::registry::TargetKind;
+use crate::targets::TargetKind;
 
 /// Object store settings of a file target; values may be secrets and are never printed.
 #[derive(Clone, Default, Deserialize, PartialEq)]

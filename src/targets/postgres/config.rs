@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::PostgresTarget;
 use crate::error::Result;
 use crate::targets::Target;
-use crate::targets::registry::TargetKind;
+use crate::targets::TargetKind;
 
 /// PostgreSQL target settings.
 #[derive(Clone, Deserialize, PartialEq)]

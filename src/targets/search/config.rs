@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{Flavour, SearchTarget};
 use crate::error::Result;
 use crate::targets::Target;
-use crate::targets::registry::TargetKind;
+use crate::targets::TargetKind;
 
 /// Elasticsearch and OpenSearch target settings.
 #[derive(Clone, Deserialize, PartialEq)]
