@@ -24,13 +24,14 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use crate::asset::{AssetKey, Partition};
-pub use config::{Elasticsearch, OpenSearch, SearchConfig};
+use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SchemaPolicy, SendableBatchStream, Target,
-    WriteRequest,
+    WriteRequest, WriteSummary,
 };
+pub use config::{Elasticsearch, OpenSearch, SearchConfig};
 
 use cluster::Cluster;
 
@@ -363,7 +364,7 @@ impl Target for SearchTarget {
                 )));
             }
             _ => {
-                let index = format!("{}.quiver-{}", target.alias, uuid::Uuid::new_v4().simple());
+                let index = put_index(&target.alias, &req.put_id);
                 let mut replaces = live;
                 if req.existing.is_none() {
                     // A stale alias of the same name is taken over whole.
@@ -442,6 +443,43 @@ impl Target for SearchTarget {
         self.cluster.delete_indices(&orphans).await?;
         Ok(orphans)
     }
+
+    /// A put that loaded an index of its own (named for the put) landed if the asset's (or
+    /// partition's) alias points to it; otherwise that index is deleted. An append or upsert
+    /// into the live index wrote its documents as they streamed, so once pending it has landed.
+    async fn resolve(&self, put: &PendingPut) -> Result<Option<WriteSummary>> {
+        let c = &put.commit;
+        let alias = self.alias(&c.asset)?;
+        let index = put_index(&alias, &put.id);
+        let serving = match &c.partition {
+            Some(p) => Self::partition_alias(&alias, p),
+            None => alias.clone(),
+        };
+        let landed = self
+            .cluster
+            .indices_behind(&serving)
+            .await?
+            .contains(&index)
+            || (c.mode != Mode::Overwrite && !self.cluster.index_exists(&index).await?);
+        if !landed {
+            if self.cluster.index_exists(&index).await? {
+                self.cluster.delete_indices(&[index]).await?;
+            }
+            return Ok(None);
+        }
+        Ok(Some(WriteSummary {
+            rows: c.rows,
+            bytes: c.bytes,
+            location: c.location.clone(),
+            total_rows: None,
+        }))
+    }
+}
+
+/// The index a put loads when it does not write into the live one: named for the put, so
+/// that after a crash the alias tells whether the put's commit (the alias swap) landed.
+fn put_index(alias: &str, put_id: &str) -> String {
+    format!("{alias}.quiver-{}", put_id.replace('-', ""))
 }
 
 #[cfg(test)]
