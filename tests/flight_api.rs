@@ -1270,7 +1270,7 @@ async fn a_truncated_batch_body_is_refused_and_writes_nothing() {
         assert_status(
             put_raw(&mut client, messages).await,
             Code::InvalidArgument,
-            "record batch 1 (message 2) of the DoPut stream cannot be decoded: column 'id': \
+            "record batch 1 (message 2) of the DoPut stream could not be decoded: column 'id': \
              buffer 1 says 8000 bytes at offset 0, but the message body has 100 bytes",
         );
         assert_status(

@@ -8,8 +8,10 @@
 //!
 //! Each batch's header is checked against its body and the schema before the IPC reader sees
 //! it. The reader takes every buffer where the header says and panics when that is outside
-//! the body, slices union type ids by the length the header claims, and allocates what a
-//! compressed buffer says it holds; so a truncated or forged message would take its task down,
+//! the body; it views offsets, dictionary keys and string views as slices of their type and
+//! panics on a partial value at the end; it slices union type ids by the length the header
+//! claims and reads dense union offsets in place, unaligned or not; and it allocates what a
+//! compressed buffer says it holds. So a truncated or forged message would take its task down,
 //! or the server's memory. A message refused here names itself, the column, and what is wrong.
 
 use std::collections::{HashMap, VecDeque};
@@ -221,7 +223,7 @@ impl BatchDecoder {
 
     fn invalid(&self, subject: impl AsRef<str>, problem: impl AsRef<str>) -> FlightError {
         FlightError::Tonic(Box::new(Status::invalid_argument(format!(
-            "{} of the DoPut stream cannot be decoded: {}; {RESEND}",
+            "{} of the DoPut stream could not be decoded: {}; {RESEND}",
             subject.as_ref(),
             problem.as_ref()
         ))))
@@ -843,7 +845,7 @@ mod tests {
             outcome(messages, LIMIT).await,
             Code::InvalidArgument,
             &[
-                "record batch 1 (message 2) of the DoPut stream cannot be decoded",
+                "record batch 1 (message 2) of the DoPut stream could not be decoded",
                 "column 'id': buffer 1 says 8000 bytes at offset 0, but the message body has 100 bytes",
                 RESEND,
             ],
