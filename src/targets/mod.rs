@@ -27,6 +27,7 @@ pub mod registry;
 #[cfg(feature = "search")]
 pub mod search;
 pub mod sql;
+pub(crate) mod util;
 
 use std::path::Path;
 use std::pin::Pin;

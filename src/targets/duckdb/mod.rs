@@ -187,7 +187,7 @@ impl Target for DuckDbTarget {
     }
 
     async fn begin(&self, req: &WriteRequest, schema: SchemaRef) -> Result<Box<dyn AssetWriter>> {
-        crate::targets::file::refuse_options("duckdb", &req.options, &[])?;
+        crate::targets::util::refuse_options("duckdb", &req.options, &[])?;
         for field in req.schema.fields() {
             column_definition(field).map_err(|reason| {
                 Error::invalid_data(format!(

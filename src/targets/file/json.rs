@@ -1,7 +1,6 @@
 //! Newline-delimited JSON files. Read back with the catalog's schema, so types round-trip.
 
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::RecordBatch;
 use arrow_json::WriterBuilder;
 use arrow_json::writer::LineDelimited;
 use arrow_schema::{DataType, Schema, SchemaRef};
@@ -15,6 +14,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::protocol::Options;
 use crate::targets::SendableBatchStream;
+pub(crate) use crate::targets::util::{first_non_finite, json_supported as supported};
 
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 16 * 1024;
@@ -74,42 +74,6 @@ fn wire_type(data_type: &DataType) -> Option<DataType> {
     }
 }
 
-/// Types arrow-json writes and reads back to the same values.
-pub(crate) fn supported(data_type: &DataType) -> bool {
-    use DataType::*;
-    match data_type {
-        Null
-        | Boolean
-        | Int8
-        | Int16
-        | Int32
-        | Int64
-        | UInt8
-        | UInt16
-        | UInt32
-        | UInt64
-        | Float16
-        | Float32
-        | Float64
-        | Utf8
-        | LargeUtf8
-        | Binary
-        | LargeBinary
-        | Date32
-        | Date64
-        | Time32(_)
-        | Time64(_)
-        | Timestamp(_, _)
-        | Decimal128(_, _)
-        | Decimal256(_, _)
-        | Duration(_) => true,
-        Dictionary(_, value) => supported(value),
-        List(f) | LargeList(f) => supported(f.data_type()),
-        Struct(fields) => fields.iter().all(|f| supported(f.data_type())),
-        _ => false,
-    }
-}
-
 struct JsonEncoder {
     out: SharedBuffer,
     schema: SchemaRef,
@@ -147,28 +111,5 @@ impl Encoder for JsonEncoder {
 
     fn finish(&mut self) -> Result<()> {
         Ok(())
-    }
-}
-
-/// The first NaN or infinity in a float column, at any depth.
-pub(crate) fn first_non_finite(array: &ArrayRef) -> Option<String> {
-    match array.data_type() {
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
-            let as_f64 = arrow_cast::cast(array, &DataType::Float64).ok()?;
-            as_f64
-                .as_primitive::<arrow_array::types::Float64Type>()
-                .iter()
-                .flatten()
-                .find(|v| !v.is_finite())
-                .map(|v| v.to_string())
-        }
-        DataType::List(_) => first_non_finite(array.as_list::<i32>().values()),
-        DataType::LargeList(_) => first_non_finite(array.as_list::<i64>().values()),
-        DataType::Struct(_) => array
-            .as_struct()
-            .columns()
-            .iter()
-            .find_map(first_non_finite),
-        _ => None,
     }
 }

@@ -39,6 +39,10 @@ use crate::asset::{AssetKey, Partition};
 use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::{Mode, Options};
+pub(crate) use crate::targets::util::{
+    async_stream_batches, find_unsupported, refuse_options, restore_types, text_dictionary_ok,
+    wire_schema,
+};
 use crate::targets::{
     AssetWriter, DeleteRequest, ReadRequest, SendableBatchStream, Target, WriteRequest,
     WriteSummary,
@@ -616,38 +620,6 @@ impl AssetWriter for FileWriter {
     }
 }
 
-/// Names the first column whose type (at any depth) fails `supported`.
-pub(crate) fn find_unsupported(
-    schema: &Schema,
-    supported: impl Fn(&arrow_schema::DataType) -> bool,
-) -> Result<(), String> {
-    for field in schema.fields() {
-        if !supported(field.data_type()) {
-            return Err(format!(
-                "column '{}' has type {} which this format cannot hold exactly",
-                field.name(),
-                field.data_type()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Refuses per-put options; the file formats take their settings from the target config.
-pub(crate) fn refuse_options(kind: &str, options: &Options, accepted: &[&str]) -> Result<()> {
-    if let Some(key) = options.keys().find(|k| !accepted.contains(&k.as_str())) {
-        return Err(Error::invalid_request(format!(
-            "option '{key}' is not understood by {kind} targets; accepted options: {}",
-            if accepted.is_empty() {
-                "none".to_string()
-            } else {
-                accepted.join(", ")
-            }
-        )));
-    }
-    Ok(())
-}
-
 /// Decodes a stream of text bytes (NDJSON, CSV) with a push decoder, projecting each batch.
 pub(crate) fn decode_text_stream<D>(
     mut bytes: futures::stream::BoxStream<'static, Result<Bytes>>,
@@ -791,95 +763,6 @@ fn read_file(
         }
     })
     .boxed()
-}
-
-/// A minimal channel-backed stream generator, so decoding loops read top-down.
-pub(crate) fn async_stream_batches<F, Fut>(
-    body: F,
-) -> impl futures::Stream<Item = Result<RecordBatch>>
-where
-    F: FnOnce(Sender) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), Closed>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
-        let _ = body(Sender(tx)).await;
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// The sending half given to [`async_stream_batches`] bodies.
-pub(crate) struct Sender(tokio::sync::mpsc::Sender<Result<RecordBatch>>);
-
-/// The reader went away; the producing task stops.
-pub(crate) struct Closed;
-
-impl Sender {
-    pub(crate) async fn send(&self, item: Result<RecordBatch>) -> Result<(), Closed> {
-        self.0.send(item).await.map_err(|_| Closed)
-    }
-}
-
-/// The schema a text decoder is asked for: each column's type passes through `wire`, which
-/// names a type the decoder can build (say `Utf8` for a dictionary of strings).
-/// [`restore_types`] casts the decoded columns back.
-pub(crate) fn wire_schema(
-    schema: &Schema,
-    wire: impl Fn(&arrow_schema::DataType) -> Option<arrow_schema::DataType>,
-) -> SchemaRef {
-    let fields: Vec<arrow_schema::FieldRef> = schema
-        .fields()
-        .iter()
-        .map(|f| match wire(f.data_type()) {
-            Some(t) => Arc::new(f.as_ref().clone().with_data_type(t)),
-            None => Arc::clone(f),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
-}
-
-/// Casts a batch decoded with [`wire_schema`] back to the stored schema, then projects it.
-pub(crate) fn restore_types(
-    batch: RecordBatch,
-    schema: &SchemaRef,
-    projection: Option<&[usize]>,
-) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(Arc::clone(column))
-            } else {
-                arrow_cast::cast(column, field.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let batch = RecordBatch::try_new(Arc::clone(schema), columns)?;
-    match projection {
-        Some(indices) => batch.project(indices),
-        None => Ok(batch),
-    }
-}
-
-/// Whether every dictionary in `schema` sits at the top level with string values, the only
-/// dictionaries the text formats can restore.
-pub(crate) fn text_dictionary_ok(data_type: &arrow_schema::DataType, top_level: bool) -> bool {
-    use arrow_schema::DataType;
-    match data_type {
-        DataType::Dictionary(_, value) => {
-            top_level && matches!(value.as_ref(), DataType::Utf8 | DataType::LargeUtf8)
-        }
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
-            text_dictionary_ok(f.data_type(), false)
-        }
-        DataType::Struct(fields) => fields
-            .iter()
-            .all(|f| text_dictionary_ok(f.data_type(), false)),
-        DataType::Map(f, _) => text_dictionary_ok(f.data_type(), false),
-        _ => true,
-    }
 }
 
 /// Deletes files named `<name>#<digits>` (object_store's staged upload parts) under `dir`.

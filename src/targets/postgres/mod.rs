@@ -263,7 +263,7 @@ impl Target for PostgresTarget {
     }
 
     async fn begin(&self, req: &WriteRequest, schema: SchemaRef) -> Result<Box<dyn AssetWriter>> {
-        crate::targets::file::refuse_options("postgres", &req.options, &[])?;
+        crate::targets::util::refuse_options("postgres", &req.options, &[])?;
         for field in req.schema.fields() {
             column_definition(field).map_err(|reason| {
                 Error::invalid_data(format!(

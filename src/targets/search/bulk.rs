@@ -21,7 +21,7 @@ use super::cluster::{Cluster, error_reason};
 use super::mapping::RowSource;
 use crate::error::{Error, Result, echo_list};
 use crate::protocol::Mode;
-use crate::targets::file::json::first_non_finite;
+use crate::targets::util::first_non_finite;
 use crate::targets::{AssetWriter, SendableBatchStream, WriteRequest, WriteSummary};
 
 /// Attempts of one `_bulk` body the cluster answers with 429 or 5xx, or does not answer.

@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::targets::file::json::supported as json_supported;
+use crate::targets::util::json_supported;
 
 /// The object every document carries for read order: `{"put": …, "row": …}`.
 pub(super) const ORDER_FIELD: &str = "__quiver";
@@ -336,7 +336,7 @@ impl RowEncoder<'_> {
 
 /// The schema `_source` is decoded with: binary as its base64 text, dictionaries as values.
 pub(super) fn wire_schema(schema: &Schema) -> SchemaRef {
-    crate::targets::file::wire_schema(schema, |t| match t {
+    crate::targets::util::wire_schema(schema, |t| match t {
         DataType::Binary | DataType::LargeBinary => Some(DataType::Utf8),
         DataType::Dictionary(_, value) => Some(value.as_ref().clone()),
         _ => None,

@@ -19,7 +19,7 @@ use super::cluster::{Cluster, KEEP_ALIVE};
 use super::mapping::{ORDER_FIELD, restore, wire_schema};
 use crate::error::{Error, Result};
 use crate::targets::SendableBatchStream;
-use crate::targets::file::async_stream_batches;
+use crate::targets::util::async_stream_batches;
 
 /// Documents per page (and per batch returned).
 const PAGE_SIZE: usize = 10_000;
