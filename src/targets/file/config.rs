@@ -182,48 +182,41 @@ impl TargetKind for Arrow {
     }
 }
 
-/// The `json` kind (NDJSON files).
-pub struct Json;
+/// The kinds whose files are text, one per format: they share their settings.
+macro_rules! text_kind {
+    ($(#[$doc:meta])* $kind:ident, $constructor:ident) => {
+        $(#[$doc])*
+        pub struct $kind;
 
-impl TargetKind for Json {
-    type Config = FileConfig;
+        impl TargetKind for $kind {
+            type Config = FileConfig;
 
-    fn validate(config: &FileConfig) -> Result<(), String> {
-        super::parallel::threads(config.threads).map(|_| ())
-    }
+            fn validate(config: &FileConfig) -> Result<(), String> {
+                super::parallel::threads(config.threads).map(|_| ())
+            }
 
-    fn default_location(config: &mut FileConfig, data_dir: &Path, name: &str) {
-        default_root(&mut config.root, data_dir, name);
-    }
+            fn default_location(config: &mut FileConfig, data_dir: &Path, name: &str) {
+                default_root(&mut config.root, data_dir, name);
+            }
 
-    fn unshareable(config: &FileConfig) -> Option<String> {
-        unshareable_root(config.root.as_deref())
-    }
+            fn unshareable(config: &FileConfig) -> Option<String> {
+                unshareable_root(config.root.as_deref())
+            }
 
-    fn build(name: &str, config: &FileConfig) -> Result<Arc<dyn Target>> {
-        Ok(Arc::new(FileTarget::json(name, config)?))
-    }
+            fn build(name: &str, config: &FileConfig) -> Result<Arc<dyn Target>> {
+                Ok(Arc::new(FileTarget::$constructor(name, config)?))
+            }
+        }
+    };
 }
 
-/// The `csv` kind.
-pub struct Csv;
-
-impl TargetKind for Csv {
-    type Config = FileConfig;
-
-    fn validate(config: &FileConfig) -> Result<(), String> {
-        super::parallel::threads(config.threads).map(|_| ())
-    }
-
-    fn default_location(config: &mut FileConfig, data_dir: &Path, name: &str) {
-        default_root(&mut config.root, data_dir, name);
-    }
-
-    fn unshareable(config: &FileConfig) -> Option<String> {
-        unshareable_root(config.root.as_deref())
-    }
-
-    fn build(name: &str, config: &FileConfig) -> Result<Arc<dyn Target>> {
-        Ok(Arc::new(FileTarget::csv(name, config)?))
-    }
-}
+text_kind!(
+    /// The `json` kind (NDJSON files).
+    Json,
+    json
+);
+text_kind!(
+    /// The `csv` kind.
+    Csv,
+    csv
+);

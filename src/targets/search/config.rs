@@ -91,48 +91,37 @@ fn default_timeout_secs() -> u64 {
     120
 }
 
-/// The `elasticsearch` kind.
-pub struct Elasticsearch;
+/// The two products share settings and code; only the flavour differs.
+macro_rules! search_kind {
+    ($(#[$doc:meta])* $kind:ident, $flavour:ident) => {
+        $(#[$doc])*
+        pub struct $kind;
 
-impl TargetKind for Elasticsearch {
-    type Config = SearchConfig;
+        impl TargetKind for $kind {
+            type Config = SearchConfig;
 
-    fn validate(config: &SearchConfig) -> Result<(), String> {
-        super::check_config(config)
-    }
+            fn validate(config: &SearchConfig) -> Result<(), String> {
+                super::check_config(config)
+            }
 
-    fn unshareable(_config: &SearchConfig) -> Option<String> {
-        None
-    }
+            fn unshareable(_config: &SearchConfig) -> Option<String> {
+                None
+            }
 
-    fn build(name: &str, config: &SearchConfig) -> Result<Arc<dyn Target>> {
-        Ok(Arc::new(SearchTarget::open(
-            name,
-            Flavour::Elasticsearch,
-            config,
-        )?))
-    }
+            fn build(name: &str, config: &SearchConfig) -> Result<Arc<dyn Target>> {
+                Ok(Arc::new(SearchTarget::open(name, Flavour::$flavour, config)?))
+            }
+        }
+    };
 }
 
-/// The `opensearch` kind.
-pub struct OpenSearch;
-
-impl TargetKind for OpenSearch {
-    type Config = SearchConfig;
-
-    fn validate(config: &SearchConfig) -> Result<(), String> {
-        super::check_config(config)
-    }
-
-    fn unshareable(_config: &SearchConfig) -> Option<String> {
-        None
-    }
-
-    fn build(name: &str, config: &SearchConfig) -> Result<Arc<dyn Target>> {
-        Ok(Arc::new(SearchTarget::open(
-            name,
-            Flavour::OpenSearch,
-            config,
-        )?))
-    }
-}
+search_kind!(
+    /// The `elasticsearch` kind.
+    Elasticsearch,
+    Elasticsearch
+);
+search_kind!(
+    /// The `opensearch` kind.
+    OpenSearch,
+    OpenSearch
+);
