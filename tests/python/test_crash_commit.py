@@ -202,7 +202,16 @@ def test_kill_9_at_the_commit_leaves_catalog_and_data_agreeing(tmp_path, postgre
 
 def _kill_at_the_commit(tmp_path, postgres_db, clusters):
     args = _config(tmp_path, postgres_db, clusters)
-    server = Server(tmp_path, args=args)
+    servers = [Server(tmp_path, args=args)]
+    try:
+        _rounds(tmp_path, postgres_db, clusters, args, servers)
+    finally:
+        if servers[-1].proc.poll() is None:
+            servers[-1].stop()
+
+
+def _rounds(tmp_path, postgres_db, clusters, args, servers):
+    server = servers[-1]
     client = fl.connect(server.uri)
     for target in TARGETS:
         assert _put(server.uri, target, "s/base", _base(target))
@@ -253,6 +262,7 @@ def _kill_at_the_commit(tmp_path, postgres_db, clusters):
                 _wait_quiet(clusters[target])
 
         server = Server(tmp_path, args=args)
+        servers.append(server)
         client = fl.connect(server.uri)
         listed = _check_consistent(client, tmp_path, postgres_db, clusters, {(t, asset) for t in puts})
         for line in server.logs().splitlines():
@@ -261,7 +271,6 @@ def _kill_at_the_commit(tmp_path, postgres_db, clusters):
         rows = listed.get((aim, asset), (None,))[0]
         outcomes[aim]["new" if rows == _rows(aim) else "old"] += 1
         client.close()
-    server.stop()
     # Most kills land between the two commits; none would mean the test no longer aims there.
     assert settled, "no kill landed between a target's commit and the catalog's"
     print("outcomes of the aimed puts (new = rolled forward or committed):", outcomes)
