@@ -412,8 +412,13 @@ impl Cluster {
             .filter(|(_, v)| v["aliases"].as_object().is_none_or(|a| a.is_empty()))
             // Another deployment's prefix may match the pattern too.
             .filter(|(index, _)| {
-                mappings[index.as_str()]["mappings"]["_meta"]["quiver"]["prefix"].as_str()
-                    == Some(prefix)
+                let quiver = &mappings[index.as_str()]["mappings"]["_meta"]["quiver"];
+                match quiver["prefix"].as_str() {
+                    Some(recorded) => recorded == prefix,
+                    // A `_bulk` request of a dead put, run after its index was deleted,
+                    // creates the index again without Quiver's mapping; its name is a put's.
+                    None => quiver.is_null() && is_put_index(index, prefix),
+                }
             })
             .filter(|(index, _)| {
                 let created = settings[index.as_str()]["settings"]["index"]["creation_date"]
@@ -452,9 +457,33 @@ pub(super) fn error_reason(reply: &Value) -> Option<String> {
     Some(format!("{kind}: {reason}{cause}"))
 }
 
+/// Whether `index` is named as a put's index under `prefix`: `<prefix>….quiver-<32 hex digits>`.
+fn is_put_index(index: &str, prefix: &str) -> bool {
+    index.starts_with(prefix)
+        && index.rsplit_once(".quiver-").is_some_and(|(_, id)| {
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_indices_are_told_by_name() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert!(is_put_index(&format!("qp-s.base.quiver-{id}"), "qp-"));
+        assert!(!is_put_index(&format!("other-s.base.quiver-{id}"), "qp-"));
+        assert!(!is_put_index("qp-s.base.quiver-p0123", "qp-"));
+        assert!(!is_put_index(
+            &format!("qp-s.base.quiver-{}", id.to_uppercase()),
+            "qp-"
+        ));
+        assert!(!is_put_index("qp-s.base", "qp-"));
+    }
 
     #[test]
     fn credentials_come_out_of_the_url() {
