@@ -149,6 +149,17 @@ pub struct Authenticator {
     session_lifetime: Duration,
 }
 
+/// Credentials are secrets: only the names show.
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("tokens", &self.tokens.len())
+            .field("anonymous", &self.anonymous.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Authenticator {
     /// `None` configures an open server (every caller may do everything).
     pub fn from_config(config: Option<&AuthConfig>) -> Result<Self> {

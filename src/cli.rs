@@ -220,6 +220,8 @@ impl ServeArgs {
         if let Some(addr) = self.metrics_listen {
             config.metrics.listen = Some(addr);
         }
+        // Checked before the listener binds; the server checks it again when it builds the
+        // service (a library caller starts there), which also builds the authenticator once.
         config.validate()?;
         Ok(config)
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::auth::AuthConfig;
+use crate::auth::{AuthConfig, Authenticator};
 use crate::error::{Error, Result};
 use crate::protocol::check_target_name;
 use crate::targets::registry::KINDS;
@@ -373,8 +373,9 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("catalog.sqlite"))
     }
 
-    /// Checks everything that can be checked without touching the outside world.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks everything that can be checked without touching the outside world, and builds
+    /// the authenticator the `[auth]` section describes (checking it is building it).
+    pub fn validate(&self) -> Result<Authenticator> {
         if self.limits.max_concurrent_puts == 0 || self.limits.max_concurrent_puts_per_target == 0 {
             return Err(Error::config(
                 "limits.max_concurrent_puts and limits.max_concurrent_puts_per_target must be at least 1",
@@ -399,7 +400,7 @@ impl Config {
                 self.listen
             )));
         }
-        crate::auth::Authenticator::from_config(self.auth.as_ref())?;
+        let authenticator = Authenticator::from_config(self.auth.as_ref())?;
         if let Some(url) = &self.catalog.url {
             if self.catalog.path.is_some() {
                 return Err(Error::config(
@@ -427,7 +428,8 @@ impl Config {
                 .validate()
                 .map_err(|e| Error::config(format!("[targets.{name}] {e}")))?;
         }
-        self.check_default_urls()
+        self.check_default_urls()?;
+        Ok(authenticator)
     }
 
     /// A URL variable naming a target kind this build left out is refused, not ignored.

@@ -14,7 +14,6 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use self::routes::FlightRoutes;
-use crate::auth::Authenticator;
 use crate::catalog::{Catalog, PostgresCatalog, SqliteCatalog};
 use crate::config::{Config, TlsConfig};
 use crate::error::{Error, Result};
@@ -24,7 +23,7 @@ use crate::targets::registry::Targets;
 
 /// Builds the service a configuration describes: opens the catalog and every target.
 pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<QuiverService> {
-    config.validate()?;
+    let auth = config.validate()?;
     let catalog: Arc<dyn Catalog> = match &config.catalog.url {
         Some(url) => Arc::new(
             PostgresCatalog::open(
@@ -42,7 +41,6 @@ pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<Qui
     // of puts that never reached their commit.
     crate::service::recovery::settle_all(&targets, catalog.as_ref()).await;
     targets.recover(config.replicas > 1).await;
-    let auth = Authenticator::from_config(config.auth.as_ref())?;
     Ok(QuiverService::new(
         targets,
         catalog,
