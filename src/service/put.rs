@@ -197,9 +197,7 @@ impl Inner {
         let (rows, mark) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    warn!(error = %abort, "aborting a failed put also failed");
-                }
+                abort_quietly(writer).await;
                 return Err(e);
             }
         };
@@ -230,9 +228,7 @@ impl Inner {
             started_at: chrono::Utc::now(),
         };
         if let Err(e) = self.catalog.begin_put(&pending).await {
-            if let Err(abort) = writer.abort().await {
-                warn!(error = %abort, "aborting a failed put also failed");
-            }
+            abort_quietly(writer).await;
             return Err(e);
         }
         let written = match writer.commit().await {
@@ -370,6 +366,13 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// Aborts the writer of a put that failed; the put's own error is the one to report.
+async fn abort_quietly(writer: Box<dyn AssetWriter>) {
+    if let Err(abort) = writer.abort().await {
+        warn!(error = %abort, "aborting a failed put also failed");
     }
 }
 
