@@ -5,19 +5,19 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-import quiver
+import quiver_flight
 
 
 @pytest.fixture
 def qc(server):
-    with quiver.Client(server.uri) as c:
+    with quiver_flight.Client(server.uri) as c:
         yield c
 
 
 def test_put_and_get_tables_readers_and_frames(qc):
     t = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", None, "c"]})
     result = qc.put(t, "sales/daily", target="parquet")
-    assert isinstance(result, quiver.PutResult)
+    assert isinstance(result, quiver_flight.PutResult)
     assert (result.asset, result.target, result.rows, result.version) == ("sales/daily", "parquet", 3, 1)
     assert qc.get("sales/daily", target="parquet").equals(t)
 
@@ -78,20 +78,20 @@ def test_catalog_calls(qc):
 
 
 def test_typed_errors_carry_the_server_message(qc):
-    with pytest.raises(quiver.NotFound, match="asset 'missing' not found in target 'parquet'") as err:
+    with pytest.raises(quiver_flight.NotFound, match="asset 'missing' not found in target 'parquet'") as err:
         qc.get("missing", target="parquet")
     assert err.value.code == "NOT_FOUND"
-    with pytest.raises(quiver.InvalidArgument, match="asset key"):
+    with pytest.raises(quiver_flight.InvalidArgument, match="asset key"):
         qc.put(pa.table({"x": [1]}), "../escape", target="parquet")
-    with pytest.raises(quiver.FailedPrecondition, match="does not support mode 'append'.*duckdb"):
+    with pytest.raises(quiver_flight.FailedPrecondition, match="does not support mode 'append'.*duckdb"):
         qc.put(pa.table({"x": [1]}), "x", target="parquet", mode="append")
-    with pytest.raises(quiver.NotFound, match="unknown target 'nope'"):
+    with pytest.raises(quiver_flight.NotFound, match="unknown target 'nope'"):
         qc.put(pa.table({"x": [1]}), "x", target="nope")
     with pytest.raises(TypeError, match="cannot store"):
         qc.put({"x": [1]}, "x", target="parquet")
 
 
 def test_unreachable_server_is_unavailable():
-    with quiver.Client("grpc://127.0.0.1:1", timeout=2) as c:
-        with pytest.raises(quiver.Unavailable):
+    with quiver_flight.Client("grpc://127.0.0.1:1", timeout=2) as c:
+        with pytest.raises(quiver_flight.Unavailable):
             c.list()

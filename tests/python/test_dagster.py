@@ -14,8 +14,8 @@ from dagster import (
     materialize,
 )
 
-import quiver
-from quiver.dagster import QuiverIOManager
+import quiver_flight
+from quiver_flight.dagster import QuiverIOManager
 
 DAYS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-04")
 
@@ -54,7 +54,7 @@ def test_partitioned_graph_materializes_and_loads(server, target):
         resources={"io_manager": io_manager},
     )
     assert result.success
-    with quiver.Client(server.uri) as c:
+    with quiver_flight.Client(server.uri) as c:
         totals = c.get("daily_totals", target=target).to_pandas().sort_values("day")
         assert totals["day"].tolist() == ["2024-01-01", "2024-01-02", "2024-01-03"]
         assert totals["value"].tolist() == [6, 6, 6]
@@ -92,7 +92,7 @@ def test_multi_partitions_and_upsert_metadata(server):
         assert materialize([sales], partition_key=key, resources={"io_manager": io_manager}).success
     assert materialize([customers], resources={"io_manager": io_manager}).success
     assert materialize([customers], resources={"io_manager": io_manager}).success
-    with quiver.Client(server.uri) as c:
+    with quiver_flight.Client(server.uri) as c:
         assert sorted(c.get("sales", target="duckdb").column("region").to_pylist()) == ["eu", "us"]
         eu = c.get("sales", target="duckdb", partition={"date": "2024-01-01", "region": "eu"})
         assert eu.column("region").to_pylist() == ["eu"]

@@ -1,5 +1,7 @@
 """Quiver: store and load data assets through an Arrow Flight service."""
 
+__version__ = "0.1.0"
+
 from .client import AssetInfo, Client, PutResult, TargetInfo
 from .errors import (
     Aborted,
@@ -15,6 +17,7 @@ from .errors import (
 )
 
 __all__ = [
+    "__version__",
     "Aborted",
     "AssetInfo",
     "Cancelled",

@@ -1,6 +1,6 @@
 """A Dagster IO manager that stores assets in Quiver.
 
-    from quiver.dagster import QuiverIOManager
+    from quiver_flight.dagster import QuiverIOManager
 
     defs = Definitions(
         assets=[...],
