@@ -68,19 +68,25 @@ def test_catalog_calls(qc):
     assert [a.asset for a in qc.list(target="csv")] == ["a/one"]
 
     described = qc.describe("b/two", target="parquet")
-    assert described["version"] == 1 and len(described["history"]) == 1
+    assert isinstance(described, quiver_flight.Description)
+    assert described.version == 1 and [c.version for c in described.history] == [1]
+    assert described.history[0].idempotency_key == "k1"
+    assert [(c.name, c.nullable) for c in described.columns] == [("x", True)]
     names = {t.name: t for t in qc.targets()}
     assert names["duckdb"].modes == ["overwrite", "append", "upsert"]
-    assert qc.health()["status"] == "ok"
+    health = qc.health()
+    assert health.status == "ok" and health.targets["parquet"].ok
 
-    qc.delete("a/one", target="csv")
+    assert qc.delete("a/one", target="csv") == quiver_flight.Deleted(asset="a/one", target="csv")
     assert [a.asset for a in qc.list()] == ["b/two"]
 
 
 def test_typed_errors_carry_the_server_message(qc):
     with pytest.raises(quiver_flight.NotFound, match="asset 'missing' not found in target 'parquet'") as err:
         qc.get("missing", target="parquet")
-    assert err.value.code == "NOT_FOUND"
+    assert err.value.code == "NOT_FOUND" and not err.value.retryable
+    # The message is the server's, without the transport's wrapping.
+    assert str(err.value).startswith("asset 'missing'")
     with pytest.raises(quiver_flight.InvalidArgument, match="asset key"):
         qc.put(pa.table({"x": [1]}), "../escape", target="parquet")
     with pytest.raises(quiver_flight.FailedPrecondition, match="does not support mode 'append'.*duckdb"):
@@ -93,5 +99,6 @@ def test_typed_errors_carry_the_server_message(qc):
 
 def test_unreachable_server_is_unavailable():
     with quiver_flight.Client("grpc://127.0.0.1:1", timeout=2) as c:
-        with pytest.raises(quiver_flight.Unavailable):
+        with pytest.raises(quiver_flight.Unavailable) as err:
             c.list()
+    assert err.value.code == "UNAVAILABLE" and err.value.retryable

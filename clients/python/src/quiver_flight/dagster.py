@@ -96,7 +96,6 @@ class QuiverIOManager(ConfigurableIOManager):
                 partition_column=meta.get("partition_expr") if partition is not None else None,
                 key=meta.get("quiver/key"),
             )
-            described = client.describe(asset, result.target)
         output = {
             "rows": result.rows,
             "version": result.version,
@@ -105,9 +104,10 @@ class QuiverIOManager(ConfigurableIOManager):
         }
         if result.bytes:
             output["bytes"] = result.bytes
-        output["dagster/column_schema"] = TableSchema(
-            columns=[TableColumn(name=c["name"], type=c["type"]) for c in described["schema"]]
-        )
+        if result.schema is not None:
+            output["dagster/column_schema"] = TableSchema(
+                columns=[TableColumn(name=f.name, type=str(f.type)) for f in result.schema]
+            )
         context.add_output_metadata(output)
 
     def load_input(self, context: InputContext) -> Any:
