@@ -65,7 +65,7 @@ def _assert_files(info, target):
         assert path.is_file() and path.name == f"{p.partition}.parquet" and path.parent.name == info.asset
 
 
-DAYS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-06")
+DAYS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-05")
 
 
 def _summary(frames: Dict[str, pd.DataFrame]) -> pa.Table:

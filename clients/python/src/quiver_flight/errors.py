@@ -5,7 +5,8 @@ group of codes (`FlightUnavailableError`, `FlightTimedOutError`, `ArrowKeyError`
 a class stands for several codes (`ArrowInvalid` for INVALID_ARGUMENT, FAILED_PRECONDITION,
 RESOURCE_EXHAUSTED and OUT_OF_RANGE; `FlightInternalError` for INTERNAL, ABORTED and DATA_LOSS)
 Arrow's gRPC transport names the code in a fixed prefix of its own ("gRPC returned precondition
-failed error, with message: ..."). `translate` decides by the exception class first and reads
+failed error, with message: ...", "Flight returned not found error, ..." in
+newer versions). `translate` decides by the exception class first and reads
 only that prefix, never the server's message, to tell the codes of one class apart.
 """
 
@@ -164,7 +165,7 @@ _TRANSPORT_NAMES = {
 }
 
 _PREFIX = re.compile(
-    r"^(?:gRPC returned (?P<name>[a-z -]+) error|gRPC cancelled call|Flight RPC failed)"
+    r"^(?:(?:gRPC|Flight) returned (?P<name>[a-z -]+) error|gRPC cancelled call|Flight RPC failed)"
     r",? with message: (?P<message>.*?)(?:\. gRPC client debug context: .*)?$",
     re.DOTALL,
 )
