@@ -20,6 +20,8 @@
 pub mod discard;
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
+#[cfg(feature = "excel")]
+pub mod excel;
 pub mod file;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -137,6 +137,7 @@ registry! {
         Postgres = "postgres" => super::postgres::Postgres, feature "postgres",
         Elasticsearch = "elasticsearch" => super::search::Elasticsearch, feature "search",
         Opensearch = "opensearch" => super::search::OpenSearch, feature "search",
+        Excel = "excel" => super::excel::Excel, feature "excel",
     }
 }
 

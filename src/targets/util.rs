@@ -2,6 +2,7 @@
 //! formats, JSON value checks, and a channel-backed batch stream. No target borrows from
 //! another; what two of them need lives here.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -26,6 +27,24 @@ pub(crate) fn find_unsupported(
         }
     }
     Ok(())
+}
+
+/// A root under `data_dir` named for the target, when none is set (the file kinds).
+pub(crate) fn default_root(root: &mut Option<String>, data_dir: &Path, name: &str) {
+    if root.is_none() {
+        *root = Some(data_dir.join(name).to_string_lossy().into_owned());
+    }
+}
+
+/// Why replicas cannot share a file kind's root: only an object store root is visible to
+/// every replica.
+pub(crate) fn unshareable_root(root: Option<&str>) -> Option<String> {
+    let shared = root.is_some_and(|r| r.starts_with("s3://"));
+    (!shared).then(|| {
+        "it keeps files on a local path, which other replicas cannot see; give it an s3:// \
+         root or run one replica"
+            .to_string()
+    })
 }
 
 /// Refuses per-put options; the file formats take their settings from the target config.

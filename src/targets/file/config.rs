@@ -10,6 +10,7 @@ use super::FileTarget;
 use crate::error::Result;
 use crate::targets::Target;
 use crate::targets::TargetKind;
+use crate::targets::util::{default_root, unshareable_root};
 
 /// Object store settings of a file target; values may be secrets and are never printed.
 #[derive(Clone, Default, Deserialize, PartialEq)]
@@ -115,23 +116,6 @@ impl Default for ArrowConfig {
 
 fn default_ipc_compression() -> String {
     "none".to_string()
-}
-
-/// A root under `data_dir` named for the target, when none is set.
-fn default_root(root: &mut Option<String>, data_dir: &Path, name: &str) {
-    if root.is_none() {
-        *root = Some(data_dir.join(name).to_string_lossy().into_owned());
-    }
-}
-
-/// Only an object store root is visible to every replica.
-fn unshareable_root(root: Option<&str>) -> Option<String> {
-    let shared = root.is_some_and(|r| r.starts_with("s3://"));
-    (!shared).then(|| {
-        "it keeps files on a local path, which other replicas cannot see; give it an s3:// \
-         root or run one replica"
-            .to_string()
-    })
 }
 
 /// The `parquet` kind.

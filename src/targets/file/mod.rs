@@ -83,6 +83,13 @@ pub(crate) trait Format: Send + Sync + 'static {
 pub(crate) trait Encoder: Send {
     fn write(&mut self, batch: &RecordBatch) -> Result<()>;
     fn finish(&mut self) -> Result<()>;
+    /// Called after [`Encoder::finish`] until it leaves the buffer empty: moves the next part
+    /// of the file into it. A format whose file only exists whole at the end (an xlsx ZIP
+    /// archive) builds it on local disk in `finish` and hands it over here part by part, so
+    /// the upload never holds the whole file in memory.
+    fn next_part(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An in-memory sink shared between an encoder and the upload that drains it.
@@ -124,6 +131,11 @@ pub(crate) struct PinnedObject {
 impl PinnedObject {
     pub(crate) fn size(&self) -> u64 {
         self.meta.size
+    }
+
+    /// The name of the target the object belongs to, for error messages.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
     }
 
     fn options(&self, range: Option<GetRange>) -> GetOptions {
@@ -234,7 +246,8 @@ impl FileTarget {
         )
     }
 
-    fn new(
+    /// A file target of any [`Format`]; the kinds outside this module (excel) build theirs here.
+    pub(crate) fn new(
         name: &str,
         root: Option<&str>,
         storage: &StorageOptions,
@@ -558,22 +571,25 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Waits for the encoding in flight and uploads what it produced.
-    async fn settle(&mut self) -> Result<()> {
+    /// Waits for the encoding in flight and uploads what it produced; `false` if it produced
+    /// nothing.
+    async fn settle(&mut self) -> Result<bool> {
         let Some(encoding) = self.encoding.take() else {
-            return Ok(());
+            return Ok(false);
         };
         let (encoder, result) = encoding.await?;
         self.encoder = Some(encoder);
         result?;
         let bytes = self.buffer.take();
-        if !bytes.is_empty() {
-            self.bytes += bytes.len() as u64;
-            self.sink.put(Bytes::from(bytes)).await.map_err(|e| {
-                Error::storage(&self.target, format!("writing {}", self.location), e)
-            })?;
+        if bytes.is_empty() {
+            return Ok(false);
         }
-        Ok(())
+        self.bytes += bytes.len() as u64;
+        self.sink
+            .put(Bytes::from(bytes))
+            .await
+            .map_err(|e| Error::storage(&self.target, format!("writing {}", self.location), e))?;
+        Ok(true)
     }
 }
 
@@ -589,6 +605,12 @@ impl AssetWriter for FileWriter {
     async fn prepare(&mut self) -> Result<String> {
         self.encode(|encoder| encoder.finish()).await?;
         self.settle().await?;
+        loop {
+            self.encode(|encoder| encoder.next_part()).await?;
+            if !self.settle().await? {
+                break;
+            }
+        }
         self.prepared = true;
         Ok(file_identity(self.store.as_ref(), &self.path, &self.target)
             .await?
