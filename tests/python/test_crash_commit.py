@@ -26,7 +26,7 @@ from conftest import Server
 from test_search import SearchCluster, cluster_request
 
 ROUNDS = int(os.environ.get("QUIVER_CRASH_ROUNDS", "20"))
-FILE_TARGETS = {"parquet": "parquet", "arrow": "arrow", "csv": "csv", "json": "json"}
+FILE_TARGETS = {"parquet": "parquet", "arrow": "arrow", "csv": "csv", "json": "json", "excel": "xlsx"}
 SEARCH_TARGETS = ["elasticsearch", "opensearch"]
 TARGETS = [*FILE_TARGETS, "duckdb", "postgres", *SEARCH_TARGETS]
 ROWS = 100_000
