@@ -148,8 +148,8 @@ pub enum LogFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file; without one, the parquet, json, csv and arrow targets are
-    /// enabled under the data directory.
+    /// TOML configuration file; without one, the parquet, json, csv, arrow, duckdb and delta
+    /// targets are enabled under the data directory.
     #[arg(long, env = "QUIVER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8815, or `listen` from the config file].
@@ -187,7 +187,7 @@ pub struct ServeArgs {
     #[arg(long, env = "QUIVER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Log filter, in tracing's EnvFilter syntax.
-    #[arg(long, env = "QUIVER_LOG", default_value = "info")]
+    #[arg(long, env = "QUIVER_LOG", default_value = "info,delta_kernel=warn")]
     pub log: String,
 }
 

@@ -334,6 +334,8 @@ impl Config {
                 "duckdb".to_string(),
                 TargetConfig::Duckdb(Default::default()),
             );
+            #[cfg(feature = "delta")]
+            defaults.insert("delta".to_string(), TargetConfig::Delta(Default::default()));
             #[cfg(feature = "postgres")]
             if let Some(url) = &self.postgres_url {
                 defaults.insert(
@@ -469,10 +471,11 @@ mod tests {
         let config = Config::default();
         config.validate().unwrap();
         let targets = config.resolved_targets();
-        assert_eq!(
-            targets.keys().collect::<Vec<_>>(),
-            ["arrow", "csv", "duckdb", "json", "parquet"]
-        );
+        let mut expected = vec!["arrow", "csv", "duckdb", "json", "parquet"];
+        if cfg!(feature = "delta") {
+            expected.insert(2, "delta");
+        }
+        assert_eq!(targets.keys().collect::<Vec<_>>(), expected);
         let TargetConfig::Duckdb(d) = &targets["duckdb"] else {
             panic!("duckdb target has kind {}", targets["duckdb"].kind());
         };

@@ -17,6 +17,8 @@
 //! commit (a file's identity), or by a marker its commit writes atomically with the data
 //! (the put id in a transaction).
 
+#[cfg(feature = "delta")]
+pub mod delta;
 pub mod discard;
 #[cfg(feature = "duckdb")]
 pub mod duckdb;

@@ -138,6 +138,7 @@ registry! {
         Elasticsearch = "elasticsearch" => super::search::Elasticsearch, feature "search",
         Opensearch = "opensearch" => super::search::OpenSearch, feature "search",
         Excel = "excel" => super::excel::Excel, feature "excel",
+        Delta = "delta" => super::delta::Delta, feature "delta",
     }
 }
 

@@ -28,7 +28,7 @@ from test_search import SearchCluster, cluster_request
 ROUNDS = int(os.environ.get("QUIVER_CRASH_ROUNDS", "20"))
 FILE_TARGETS = {"parquet": "parquet", "arrow": "arrow", "csv": "csv", "json": "json", "excel": "xlsx"}
 SEARCH_TARGETS = ["elasticsearch", "opensearch"]
-TARGETS = [*FILE_TARGETS, "duckdb", "postgres", *SEARCH_TARGETS]
+TARGETS = [*FILE_TARGETS, "duckdb", "postgres", "delta", *SEARCH_TARGETS]
 ROWS = 100_000
 # Search servers index documents one by one: a smaller put keeps the rounds short.
 SEARCH_ROWS = 5_000
@@ -76,7 +76,7 @@ class Watch:
     program would: the file's inode, or the commit marker the table target writes."""
 
     def __init__(self, target, asset, data: Path, postgres_url, clusters):
-        self.target, self.asset = target, asset
+        self.target, self.asset, self.data = target, asset, data
         self.cluster = clusters.get(target)
         if target in FILE_TARGETS:
             self.path = data / target / f"{asset}.{FILE_TARGETS[target]}"
@@ -89,6 +89,9 @@ class Watch:
                 return os.stat(self.path).st_ino
             except FileNotFoundError:
                 return None
+        if self.target == "delta":
+            # A put becomes visible when its commit file appears.
+            return _delta_commits(self.data, self.asset)
         if self.cluster is not None:
             # The alias moves to the put's index at its commit.
             alias = self.cluster.prefix + self.asset.replace("/", ".")
@@ -115,9 +118,13 @@ class Watch:
             self.pg.close()
 
 
+def _delta_commits(data: Path, asset):
+    return sorted(p.name for p in (data / "delta" / asset / "_delta_log").glob("*.json"))
+
+
 def _config(tmp_path, postgres_db, clusters):
     config = tmp_path / "quiver.toml"
-    sections = [f'[targets.{t}]\nkind = "{t}"\n' for t in [*FILE_TARGETS, "duckdb"]]
+    sections = [f'[targets.{t}]\nkind = "{t}"\n' for t in [*FILE_TARGETS, "duckdb", "delta"]]
     sections.append(f'[targets.postgres]\nkind = "postgres"\nurl = "{postgres_db}"\n')
     for kind, cluster in clusters.items():
         sections.append(
@@ -179,6 +186,11 @@ def _check_consistent(client, tmp_path, postgres_db, clusters, touched):
                 schema, table = asset.split("/")
                 found = pg.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0]
                 assert found is None, f"table {schema}.{table} is left behind but not in the catalog"
+            elif target == "delta":
+                commits = _delta_commits(data, asset)
+                assert commits == [], f"delta table {asset} has commits {commits} but is not in the catalog"
+                files = list((data / "delta" / asset).rglob("*.parquet"))
+                assert files == [], f"delta data files {files} are left behind but not in the catalog"
             elif target in clusters:
                 alias = clusters[target].prefix + asset.replace("/", ".")
                 try:

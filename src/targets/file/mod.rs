@@ -322,24 +322,7 @@ fn open_store(
         None => None,
     };
     let Some(dir) = local else {
-        let bad = |e: &dyn std::fmt::Display| {
-            Error::config(format!("[targets.{name}] root {root:?}: {e}"))
-        };
-        let url = url::Url::parse(root).map_err(|e| bad(&e))?;
-        let (store, prefix): (Box<dyn ObjectStore>, Path) = if url.scheme() == "s3" {
-            let mut builder = AmazonS3Builder::from_env().with_url(root);
-            for (key, value) in &storage.0 {
-                let key: AmazonS3ConfigKey = key
-                    .parse()
-                    .map_err(|e| Error::config(format!("[targets.{name}.storage] {e}")))?;
-                builder = builder.with_config(key, value);
-            }
-            let store = builder.build().map_err(|e| bad(&e))?;
-            let prefix = Path::from_url_path(url.path()).map_err(|e| bad(&e))?;
-            (Box::new(store), prefix)
-        } else {
-            object_store::parse_url_opts(&url, &storage.0).map_err(|e| bad(&e))?
-        };
+        let (store, prefix) = open_url_store(name, root, storage)?;
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::prefix::PrefixStore::new(store, prefix));
         return Ok((store, root.trim_end_matches('/').to_string()));
@@ -356,6 +339,33 @@ fn open_store(
     let store = LocalFileSystem::new_with_prefix(&dir)
         .map_err(|e| Error::config(format!("[targets.{name}] root {}: {e}", dir.display())))?;
     Ok((Arc::new(store), format!("file://{}", dir.display())))
+}
+
+/// The store behind a URL root (`s3://bucket/prefix`, ...) at its bucket's top, and the
+/// root's path in it. `s3://` roots also read the standard `AWS_*` environment variables;
+/// `storage` wins.
+pub(crate) fn open_url_store(
+    name: &str,
+    root: &str,
+    storage: &StorageOptions,
+) -> Result<(Box<dyn ObjectStore>, Path)> {
+    let bad =
+        |e: &dyn std::fmt::Display| Error::config(format!("[targets.{name}] root {root:?}: {e}"));
+    let url = url::Url::parse(root).map_err(|e| bad(&e))?;
+    if url.scheme() == "s3" {
+        let mut builder = AmazonS3Builder::from_env().with_url(root);
+        for (key, value) in &storage.0 {
+            let key: AmazonS3ConfigKey = key
+                .parse()
+                .map_err(|e| Error::config(format!("[targets.{name}.storage] {e}")))?;
+            builder = builder.with_config(key, value);
+        }
+        let store = builder.build().map_err(|e| bad(&e))?;
+        let prefix = Path::from_url_path(url.path()).map_err(|e| bad(&e))?;
+        Ok((Box::new(store), prefix))
+    } else {
+        object_store::parse_url_opts(&url, &storage.0).map_err(|e| bad(&e))
+    }
 }
 
 #[async_trait]
