@@ -299,8 +299,7 @@ impl CommitLog {
         actions: &[Action],
         blind_append: bool,
     ) -> Result<u64> {
-        let mut version = version;
-        for _ in 0..=MAX_APPEND_RETRIES {
+        for version in version..=version + MAX_APPEND_RETRIES {
             if self.put_if_absent(version, actions).await? {
                 return Ok(version);
             }
@@ -316,7 +315,6 @@ impl CommitLog {
                     self.url
                 )));
             }
-            version += 1;
         }
         Err(aborted(format!(
             "more than {MAX_APPEND_RETRIES} commits by other writers landed on Delta table {} \

@@ -167,7 +167,7 @@ impl DeltaTarget {
 /// Writes a checkpoint of `version` when the interval says so; a failure only delays the
 /// next reader.
 async fn checkpoint(engine: Arc<dyn Engine>, url: Url, version: u64, interval: u64, target: &str) {
-    if interval == 0 || version == 0 || version % interval != 0 {
+    if interval == 0 || version == 0 || !version.is_multiple_of(interval) {
         return;
     }
     let done = tokio::task::spawn_blocking(move || {
@@ -678,12 +678,12 @@ fn restore(
             )),
         })
         .collect::<Result<Vec<ArrayRef>>>()?;
-    Ok(RecordBatch::try_new_with_options(
+    RecordBatch::try_new_with_options(
         Arc::clone(output),
         columns,
         &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
-    .map_err(arrow_error)?)
+    .map_err(arrow_error)
 }
 
 /// Arrow errors here are the target's own mistakes: the put's data was checked before.
