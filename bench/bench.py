@@ -282,7 +282,7 @@ def elasticsearch_scenario(client, table: pa.Table, url: str, reps: int, rows: i
 
 
 # Every scenario that needs nothing but this machine; elasticsearch runs when asked for.
-DEFAULT_SCENARIOS = ["duckdb", "parquet", "files", "postgres", "get", "events", "transport", "memory"]
+DEFAULT_SCENARIOS = ["duckdb", "parquet", "files", "postgres", "get", "events", "redis", "transport", "memory"]
 
 
 def main() -> None:
@@ -300,13 +300,18 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default=",".join(DEFAULT_SCENARIOS),
-        help="comma-separated: duckdb, parquet, files (arrow, csv, json), postgres, elasticsearch, "
+        help="comma-separated: duckdb, parquet, files (arrow, csv, json), postgres, elasticsearch, redis, "
         f"transport, get, events, memory (default: {', '.join(DEFAULT_SCENARIOS)})",
     )
     parser.add_argument(
         "--elasticsearch-url",
         default=os.environ.get("QUIVER_BENCH_ELASTICSEARCH_URL"),
         help="a cluster for the elasticsearch scenario; default: noida-db on a free port",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("QUIVER_BENCH_REDIS_URL"),
+        help="a Redis for the redis scenario (emptied before each run); default: redis-server on a free port",
     )
     args = parser.parse_args()
     scenarios = set(args.scenarios.split(","))
@@ -343,6 +348,8 @@ def main() -> None:
         server.stop()
         if search:
             search.stop()
+        if "redis" in scenarios:
+            results.append(redis_scenario(args.binary, table, work, args.reps, args.redis_url))
         if "transport" in scenarios:
             results.extend(transport_scenarios(args.binary, table, work, args.reps, rows, megabytes))
         memory = memory_scenario(args.binary, table, work, megabytes) if "memory" in scenarios else None
@@ -492,6 +499,76 @@ def transport_scenarios(binary: str, table: pa.Table, work: str, reps: int, rows
         quiver.stop()
         baseline.stop()
     return results
+
+
+class RedisServer:
+    """redis-server on a free port with persistence off, or the Redis `url` names."""
+
+    def __init__(self, url: str | None, work: str):
+        self.proc = None
+        if url:
+            self.url = url
+            return
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", work],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(port, "redis-server")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def redis_scenario(binary: str, table: pa.Table, work: str, reps: int, url: str | None) -> dict:
+    """DoPut of 1M lineitem rows to a hash-layout redis target (one hash per row, keyed by
+    l_orderkey and l_linenumber) vs redis-py writing the same rows as HSETs, in pipelines of
+    10,000 commands, into the same Redis; the database is emptied before every run."""
+    import redis
+
+    rows = min(table.num_rows, 1_000_000)
+    part = table.slice(0, rows).combine_chunks()
+    megabytes = part.nbytes / 1e6
+    server = RedisServer(url, work)
+    config = f'[targets.redis]\nkind = "redis"\nurl = "{server.url}"\nlayout = "hash"\n'
+    quiver = Server(binary, os.path.join(work, "redis-quiver"), config=config)
+    client = fl.connect(f"grpc://127.0.0.1:{quiver.port}")
+    r = redis.Redis.from_url(server.url)
+    command = {"target": "redis", "asset": "tpch/lineitem", "key": ["l_orderkey", "l_linenumber"]}
+
+    def native() -> None:
+        names = part.column_names
+        pipe = r.pipeline(transaction=False)
+        for batch in part.to_batches(max_chunksize=10_000):
+            columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            for row in zip(*columns):
+                fields = {n: str(v) for n, v in zip(names, row) if v is not None}
+                pipe.hset(f"lineitem:{fields['l_orderkey']}:{fields['l_linenumber']}", mapping=fields)
+            pipe.execute()
+
+    quiver_times, native_times = [], []
+    try:
+        for _ in range(reps):
+            r.flushdb()
+            quiver_times.append(quiver_put(client, part, command))
+            r.flushdb()
+            native_times.append(timed(native))
+    finally:
+        r.close()
+        client.close()
+        quiver.stop()
+        server.stop()
+    return {
+        "scenario": f"DoPut → redis (hash layout, {rows:,} rows)",
+        "native": "redis-py pipelined HSET (10,000 commands per round trip), values as str()",
+        "quiver": summary(quiver_times, rows, megabytes),
+        "baseline": summary(native_times, rows, megabytes),
+    }
 
 
 def doget_parquet_scenario(client, table: pa.Table, work: str, reps: int, rows: int, megabytes: float) -> dict:

@@ -27,6 +27,8 @@ pub mod excel;
 pub mod file;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod registry;
 #[cfg(feature = "search")]
 pub mod search;

@@ -137,6 +137,7 @@ registry! {
         Postgres = "postgres" => super::postgres::Postgres, feature "postgres",
         Elasticsearch = "elasticsearch" => super::search::Elasticsearch, feature "search",
         Opensearch = "opensearch" => super::search::OpenSearch, feature "search",
+        Redis = "redis" => super::redis::Redis, feature "redis",
         Excel = "excel" => super::excel::Excel, feature "excel",
         Delta = "delta" => super::delta::Delta, feature "delta",
     }
@@ -234,6 +235,7 @@ mod tests {
             let settings = match info.kind {
                 "postgres" => "url = \"postgres://db/x\"",
                 "elasticsearch" | "opensearch" => "url = \"http://es:9200\"",
+                "redis" => "url = \"redis://127.0.0.1:6379\"",
                 _ => "",
             };
             let config = parse(&format!("kind = \"{}\"\n{settings}", info.kind))

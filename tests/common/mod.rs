@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod s3;
 pub mod search;
 

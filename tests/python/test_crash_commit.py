@@ -23,12 +23,13 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 from conftest import Server
+from test_redis import RedisServer
 from test_search import SearchCluster, cluster_request
 
 ROUNDS = int(os.environ.get("QUIVER_CRASH_ROUNDS", "20"))
 FILE_TARGETS = {"parquet": "parquet", "arrow": "arrow", "csv": "csv", "json": "json", "excel": "xlsx"}
 SEARCH_TARGETS = ["elasticsearch", "opensearch"]
-TARGETS = [*FILE_TARGETS, "duckdb", "postgres", "delta", *SEARCH_TARGETS]
+TARGETS = [*FILE_TARGETS, "duckdb", "postgres", "delta", "redis", *SEARCH_TARGETS]
 ROWS = 100_000
 # Search servers index documents one by one: a smaller put keeps the rounds short.
 SEARCH_ROWS = 5_000
@@ -75,8 +76,9 @@ class Watch:
     """Reports when a target's put to `asset` became visible in storage, read the way another
     program would: the file's inode, or the commit marker the table target writes."""
 
-    def __init__(self, target, asset, data: Path, postgres_url, clusters):
+    def __init__(self, target, asset, data: Path, postgres_url, clusters, redis_server):
         self.target, self.asset, self.data = target, asset, data
+        self.redis = redis_server if target == "redis" else None
         self.cluster = clusters.get(target)
         if target in FILE_TARGETS:
             self.path = data / target / f"{asset}.{FILE_TARGETS[target]}"
@@ -92,6 +94,9 @@ class Watch:
         if self.target == "delta":
             # A put becomes visible when its commit file appears.
             return _delta_commits(self.data, self.asset)
+        if self.redis is not None:
+            # The pointer names the put that committed last.
+            return self.redis.client.hget(self.redis.key("redis", f"{self.asset}}}"), "put")
         if self.cluster is not None:
             # The alias moves to the put's index at its commit.
             alias = self.cluster.prefix + self.asset.replace("/", ".")
@@ -122,10 +127,11 @@ def _delta_commits(data: Path, asset):
     return sorted(p.name for p in (data / "delta" / asset / "_delta_log").glob("*.json"))
 
 
-def _config(tmp_path, postgres_db, clusters):
+def _config(tmp_path, postgres_db, clusters, redis_server):
     config = tmp_path / "quiver.toml"
     sections = [f'[targets.{t}]\nkind = "{t}"\n' for t in [*FILE_TARGETS, "duckdb", "delta"]]
     sections.append(f'[targets.postgres]\nkind = "postgres"\nurl = "{postgres_db}"\n')
+    sections.append(redis_server.target_toml("redis"))
     for kind, cluster in clusters.items():
         sections.append(
             f'[targets.{kind}]\nkind = "{kind}"\nurl = "{cluster.url}"\nindex_prefix = "{cluster.prefix}"\n'
@@ -164,10 +170,24 @@ def _wait_quiet(cluster):
         time.sleep(0.05)
 
 
-def _check_consistent(client, tmp_path, postgres_db, clusters, touched):
+def _redis_leftovers(redis_server, asset, listed):
+    """Keys of a Redis asset that should not be there: none at all when the catalog does not
+    list it, and no staged or retired version either way (the start-up sweep and settling
+    remove them)."""
+    tag = redis_server.key("redis", f"{asset}}}")
+    keys = [k for k in redis_server.keys() if k.startswith(tag)]
+    entries = [f.decode() for f in redis_server.client.hkeys(tag + "#puts") if f != b"seq"]
+    return entries + ([k for k in keys if not k.endswith("#puts")] if not listed else [])
+
+
+def _check_consistent(client, tmp_path, postgres_db, clusters, redis_server, touched):
     """Checks the assets of `touched` (target, asset) pairs: listed ones read back as the
     catalog describes them, unlisted ones left nothing behind."""
     listed = _catalog(client)
+    for target, asset in touched:
+        if target == "redis":
+            leftovers = _redis_leftovers(redis_server, asset, (target, asset) in listed)
+            assert leftovers == [], f"redis asset {asset} left {leftovers} behind"
     for (target, asset), (rows, schema) in listed.items():
         if (target, asset) not in touched:
             continue
@@ -205,24 +225,26 @@ def _check_consistent(client, tmp_path, postgres_db, clusters, touched):
 
 def test_kill_9_at_the_commit_leaves_catalog_and_data_agreeing(tmp_path, postgres_db):
     clusters = {kind: SearchCluster(kind, tmp_path) for kind in SEARCH_TARGETS}
+    redis_server = RedisServer(tmp_path)
     try:
-        _kill_at_the_commit(tmp_path, postgres_db, clusters)
+        _kill_at_the_commit(tmp_path, postgres_db, clusters, redis_server)
     finally:
         for cluster in clusters.values():
             cluster.stop()
+        redis_server.stop()
 
 
-def _kill_at_the_commit(tmp_path, postgres_db, clusters):
-    args = _config(tmp_path, postgres_db, clusters)
+def _kill_at_the_commit(tmp_path, postgres_db, clusters, redis_server):
+    args = _config(tmp_path, postgres_db, clusters, redis_server)
     servers = [Server(tmp_path, args=args)]
     try:
-        _rounds(tmp_path, postgres_db, clusters, args, servers)
+        _rounds(tmp_path, postgres_db, clusters, redis_server, args, servers)
     finally:
         if servers[-1].proc.poll() is None:
             servers[-1].stop()
 
 
-def _rounds(tmp_path, postgres_db, clusters, args, servers):
+def _rounds(tmp_path, postgres_db, clusters, redis_server, args, servers):
     server = servers[-1]
     client = fl.connect(server.uri)
     for target in TARGETS:
@@ -238,7 +260,7 @@ def _rounds(tmp_path, postgres_db, clusters, args, servers):
         asset = "s/base" if (round_no // len(TARGETS)) % 2 == 0 else f"s/fresh{round_no}"
         # The aimed target and one other, interrupted wherever it happens to be.
         puts = [aim, rng.choice([t for t in TARGETS if t != aim])]
-        watches = {t: Watch(t, asset, tmp_path / "data", postgres_db, clusters) for t in puts}
+        watches = {t: Watch(t, asset, tmp_path / "data", postgres_db, clusters, redis_server) for t in puts}
         sent = {t: threading.Event() for t in puts}
         results = {}
         threads = [
@@ -276,7 +298,9 @@ def _rounds(tmp_path, postgres_db, clusters, args, servers):
         server = Server(tmp_path, args=args)
         servers.append(server)
         client = fl.connect(server.uri)
-        listed = _check_consistent(client, tmp_path, postgres_db, clusters, {(t, asset) for t in puts})
+        listed = _check_consistent(
+            client, tmp_path, postgres_db, clusters, redis_server, {(t, asset) for t in puts}
+        )
         for line in server.logs().splitlines():
             if "settled an interrupted put" in line:
                 settled.append(line)
