@@ -140,7 +140,7 @@ async fn get_flight_info_and_schema_for_one_asset() {
             .await
             .map_err(status),
         Code::NotFound,
-        "unknown target 'nope'; configured targets: arrow, csv, duckdb, json, parquet",
+        "unknown target 'nope'; configured targets: arrow, csv, delta, duckdb, json, parquet",
     );
 }
 
@@ -292,7 +292,7 @@ async fn actions_describe_delete_and_report_health() {
     let targets = action(&mut client, "list-targets", serde_json::Value::Null)
         .await
         .unwrap();
-    assert_eq!(targets.as_array().unwrap().len(), 5);
+    assert_eq!(targets.as_array().unwrap().len(), 6);
     assert_eq!(
         targets[0],
         json!({"name": "arrow", "kind": "arrow", "modes": ["overwrite"]})
