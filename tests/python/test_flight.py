@@ -203,7 +203,7 @@ def test_catalog_and_actions(client):
     actions = {a.type for a in client.list_actions()}
     assert actions == {"delete", "describe", "list-targets", "health"}
     targets = json.loads(next(client.do_action(fl.Action("list-targets", b""))).body.to_pybytes())
-    assert {t["name"] for t in targets} == set(FILE_TARGETS) | {"duckdb"}
+    assert {t["name"] for t in targets} == set(FILE_TARGETS) | {"duckdb", "delta"}
     assert next(t for t in targets if t["name"] == "duckdb")["modes"] == ["overwrite", "append", "upsert"]
     health = json.loads(next(client.do_action(fl.Action("health", b""))).body.to_pybytes())
     assert health["status"] == "ok"
