@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import urllib.error
+import urllib.parse
 
 import psycopg
 import pyarrow as pa
@@ -156,9 +157,16 @@ def _unaliased(cluster):
 
 
 def _wait_quiet(cluster):
-    """Waits until the cluster has run the `_bulk` requests the killed server had in flight:
-    one arriving after the restart's sweep would create its index again (a documented limit
-    of the search targets' recovery)."""
+    """Waits until the cluster has run the requests the killed server had in flight: one
+    arriving after the restart's sweep would create its index again (a documented limit of
+    the search targets' recovery). A local cluster is quiet when no connection to its port
+    is open any more (the side of a dead client stays in CLOSE_WAIT until the cluster has
+    answered); for any cluster, its indices must also stop changing for half a second."""
+    port = urllib.parse.urlsplit(cluster.url).port
+    local = urllib.parse.urlsplit(cluster.url).hostname in ("127.0.0.1", "localhost")
+    deadline = time.monotonic() + 60
+    while local and _open_connections(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
     last, stable_since = None, time.monotonic()
     while time.monotonic() - stable_since < 0.5:
         try:
@@ -168,6 +176,23 @@ def _wait_quiet(cluster):
         if now != last:
             last, stable_since = now, time.monotonic()
         time.sleep(0.05)
+
+
+def _open_connections(port):
+    """Connections the process listening on `port` still has open (ESTABLISHED or
+    CLOSE_WAIT, read from /proc/net/tcp*)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] in ("01", "08"):
+                count += 1
+    return count
 
 
 def _redis_leftovers(redis_server, asset, listed):
