@@ -13,6 +13,7 @@ mod locks;
 mod put;
 mod records;
 pub mod recovery;
+mod sql;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -138,7 +139,15 @@ impl FlightService for QuiverService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.inner.auth.authenticate(request.metadata())?;
-        let cmd = protocol::parse_descriptor(&request.into_inner())?;
+        let descriptor = request.into_inner();
+        if let Some(command) = sql::command(&descriptor.cmd) {
+            let info = self
+                .inner
+                .sql_flight_info(&caller, command?, descriptor)
+                .await?;
+            return Ok(Response::new(info));
+        }
+        let cmd = protocol::parse_descriptor(&descriptor)?;
         Span::current().record("target", cmd.target.as_str());
         Span::current().record("asset", cmd.asset.to_string());
         self.inner.targets.get(&cmd.target)?;
@@ -161,14 +170,25 @@ impl FlightService for QuiverService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let caller = self.inner.auth.authenticate(request.metadata())?;
-        let cmd = protocol::parse_descriptor(&request.into_inner())?;
-        Span::current().record("target", cmd.target.as_str());
-        Span::current().record("asset", cmd.asset.to_string());
-        self.inner.targets.get(&cmd.target)?;
-        caller.check(Access::Read, &cmd.target, &cmd.asset)?;
-        let record = self.inner.record(&cmd.target, &cmd.asset).await?;
+        let descriptor = request.into_inner();
+        let schema = if let Some(command) = sql::command(&descriptor.cmd) {
+            let info = self
+                .inner
+                .sql_flight_info(&caller, command?, descriptor)
+                .await?;
+            return Ok(Response::new(SchemaResult {
+                schema: info.schema,
+            }));
+        } else {
+            let cmd = protocol::parse_descriptor(&descriptor)?;
+            Span::current().record("target", cmd.target.as_str());
+            Span::current().record("asset", cmd.asset.to_string());
+            self.inner.targets.get(&cmd.target)?;
+            caller.check(Access::Read, &cmd.target, &cmd.asset)?;
+            self.inner.record(&cmd.target, &cmd.asset).await?.schema
+        };
         let options = IpcWriteOptions::default();
-        let result: SchemaResult = SchemaAsIpc::new(&record.schema, &options)
+        let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
             .try_into()
             .map_err(|e: arrow_schema::ArrowError| Status::internal(e.to_string()))?;
         Ok(Response::new(result))
@@ -202,6 +222,9 @@ impl FlightService for QuiverService {
         let caller = self.inner.auth.authenticate(request.metadata())?;
         let action = request.into_inner();
         Span::current().record("action", action.r#type.as_str());
+        if let Some(result) = self.inner.sql_act(&caller, &action).await {
+            return Ok(Response::new(once(result?)));
+        }
         let result = self.inner.act(&caller, action).await?;
         Ok(Response::new(once(result)))
     }

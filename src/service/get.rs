@@ -31,7 +31,12 @@ impl QuiverService {
         request: Request<Ticket>,
     ) -> Result<futures::stream::BoxStream<'static, Result<IpcMessage>>, Status> {
         let caller = self.inner.auth.authenticate(request.metadata())?;
-        let ticket = protocol::parse_ticket(&request.into_inner().ticket)?;
+        let ticket = request.into_inner().ticket;
+        if let Some(command) = super::sql::command(&ticket) {
+            let (schema, batches) = self.inner.sql_read(&caller, command?).await?;
+            return Ok(get_encode::encode(schema, batches));
+        }
+        let ticket = protocol::parse_ticket(&ticket)?;
         let seen = OnceLock::new();
         let opened = self.inner.open(ticket, &caller, &seen).await;
         self.inner.metrics.get_opened(
@@ -45,8 +50,8 @@ impl QuiverService {
 }
 
 impl Inner {
-    /// Opens an asset for DoGet.
-    async fn open(
+    /// Opens an asset for DoGet (and for a SQL query's table).
+    pub(super) async fn open(
         &self,
         ticket: AssetTicket,
         caller: &Principal,

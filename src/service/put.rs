@@ -38,6 +38,18 @@ impl QuiverService {
         // The put runs in its own task so that a client going away cannot drop it half-way:
         // the task sees the broken stream and aborts the writer.
         let caller = self.inner.auth.authenticate(metadata)?;
+        let mut input = input;
+        let first = input.next().await;
+        if let Some(Ok(message)) = &first
+            && let Some(command) = message
+                .flight_descriptor
+                .as_ref()
+                .and_then(|d| super::sql::command(&d.cmd))
+        {
+            let first = first.and_then(Result::ok).expect("checked above");
+            return Ok(self.inner.sql_put(command?, first, input).await?);
+        }
+        let input: PutStream = futures::stream::iter(first).chain(input).boxed();
         let inner = Arc::clone(&self.inner);
         let span = Span::current();
         let started = Instant::now();

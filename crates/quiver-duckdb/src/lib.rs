@@ -21,6 +21,12 @@ use arrow::array::{Array, RecordBatchReader, StructArray};
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use duckdb::ffi;
 
+mod query;
+mod scan;
+
+pub use query::{Interrupt, Param, Prepared, Rows};
+pub use scan::{BatchIter, ScanSource};
+
 /// A DuckDB failure. The message starts with DuckDB's error class, as in
 /// `Conversion Error: …`.
 #[derive(Debug, Clone, PartialEq, Eq)]

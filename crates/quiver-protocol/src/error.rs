@@ -117,6 +117,10 @@ pub enum Error {
     #[error("internal error: {message}")]
     Internal { message: String },
 
+    /// A call or command this server does not implement.
+    #[error("{message}")]
+    Unimplemented { message: String },
+
     /// An error a server reported to the client commands.
     #[error("{message} ({code:?})")]
     Remote { code: tonic::Code, message: String },
@@ -158,6 +162,12 @@ impl Error {
 
     pub fn config(message: impl Into<String>) -> Self {
         Self::Config {
+            message: message.into(),
+        }
+    }
+
+    pub fn unimplemented(message: impl Into<String>) -> Self {
+        Self::Unimplemented {
             message: message.into(),
         }
     }
@@ -215,6 +225,7 @@ impl Error {
             Self::Cancelled { .. } => Code::Cancelled,
             Self::Storage { .. } | Self::Catalog { .. } => Code::Unavailable,
             Self::Format { .. } | Self::Config { .. } | Self::Internal { .. } => Code::Internal,
+            Self::Unimplemented { .. } => Code::Unimplemented,
             Self::Remote { code, .. } => *code,
         }
     }
