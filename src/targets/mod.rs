@@ -17,6 +17,8 @@
 //! commit (a file's identity), or by a marker its commit writes atomically with the data
 //! (the put id in a transaction).
 
+#[cfg(any(feature = "webhook", feature = "graphql", feature = "email"))]
+pub mod delivery;
 #[cfg(feature = "delta")]
 pub mod delta;
 pub mod discard;
@@ -34,6 +36,8 @@ pub mod registry;
 pub mod search;
 pub mod sql;
 pub(crate) mod util;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use std::path::Path;
 use std::pin::Pin;

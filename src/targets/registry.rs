@@ -140,6 +140,7 @@ registry! {
         Redis = "redis" => super::redis::Redis, feature "redis",
         Excel = "excel" => super::excel::Excel, feature "excel",
         Delta = "delta" => super::delta::Delta, feature "delta",
+        Webhook = "webhook" => super::webhook::Webhook, feature "webhook",
     }
 }
 
@@ -236,6 +237,7 @@ mod tests {
                 "postgres" => "url = \"postgres://db/x\"",
                 "elasticsearch" | "opensearch" => "url = \"http://es:9200\"",
                 "redis" => "url = \"redis://127.0.0.1:6379\"",
+                "webhook" => "url = \"http://127.0.0.1:8080/hook\"",
                 _ => "",
             };
             let config = parse(&format!("kind = \"{}\"\n{settings}", info.kind))

@@ -1,0 +1,301 @@
+"""The delivery targets (webhook, graphql, email) through the real binary, each against a real
+server the test starts on 127.0.0.1: an HTTP receiver written here (http.server) that checks
+signatures and fails some requests to exercise the retries, a strawberry GraphQL server, and an
+aiosmtpd SMTP server writing a Maildir.
+"""
+
+import datetime
+import hashlib
+import hmac
+import io
+import json
+import threading
+import time
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import Server, _free_port
+
+SECRET = "whsec_test"
+
+
+class Receiver:
+    """An HTTP server recording every request. `plan` maps a request's sequence number to the
+    statuses its first attempts get (then 200); `always` answers every request with one status."""
+
+    def __init__(self, secret=SECRET, plan=None, always=None, always_body=b""):
+        self.secret = secret
+        self.plan = {k: list(v) for k, v in (plan or {}).items()}
+        self.always = always
+        self.always_body = always_body
+        self.attempts = []  # (method, path, headers, body, status answered)
+        self.delivered = {}  # idempotency key -> (headers, body), first accepted attempt
+        self.accepted = {}  # idempotency key -> how many attempts were answered 200
+        self.bad_signatures = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.send_response(200)
+                self.end_headers()
+
+            def _receive(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, extra, answer = receiver._answer(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                self.send_response(status)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_POST = do_PUT = do_PATCH = _receive
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", _free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _signature_ok(self, headers, body):
+        if self.secret is None:
+            return "x-quiver-signature" not in headers
+        value = headers.get("x-quiver-signature", "")
+        parts = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
+        if "t" not in parts or "v1" not in parts:
+            return False
+        if abs(time.time() - int(parts["t"])) > 300:
+            return False
+        expected = hmac.new(self.secret.encode(), parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, parts["v1"])
+
+    def _answer(self, method, path, headers, body):
+        with self.lock:
+            key = headers.get("idempotency-key")
+            extra, answer = {}, b"ok"
+            if not self._signature_ok(headers, body):
+                self.bad_signatures.append(key)
+                status, answer = 401, b"bad signature"
+            elif self.always is not None:
+                status, answer = self.always, self.always_body
+            else:
+                seq = headers.get("x-quiver-sequence")
+                planned = self.plan.get(int(seq), []) if seq else []
+                if planned:
+                    status = planned.pop(0)
+                    if status == 429:
+                        extra["Retry-After"] = "1"
+                    answer = b"try later"
+                else:
+                    status = 200
+            self.attempts.append((method, path, headers, body, status))
+            if status == 200:
+                self.accepted[key] = self.accepted.get(key, 0) + 1
+                self.delivered.setdefault(key, (headers, body))
+            return status, extra, answer
+
+    def data_requests(self):
+        """The accepted row requests, in sequence order."""
+        return sorted(
+            ((h, b) for k, (h, b) in self.delivered.items() if not k.endswith("-commit")),
+            key=lambda hb: int(hb[0]["x-quiver-sequence"]),
+        )
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver(plan={1: [503], 2: [429]})
+    yield r
+    r.stop()
+
+
+def _start(tmp_path, toml):
+    config = tmp_path / "quiver.toml"
+    config.write_text(toml)
+    return Server(tmp_path, args=["--config", str(config)])
+
+
+def _webhook_toml(name, url, extra=""):
+    return (
+        f'[targets.{name}]\nkind = "webhook"\nurl = "{url}"\nsecret = "{SECRET}"\n'
+        f"backoff_ms = 50\nmax_backoff_secs = 2\n{extra}\n"
+    )
+
+
+def _put(client, command, table):
+    writer, reader = client.do_put(fl.FlightDescriptor.for_command(json.dumps(command)), table.schema)
+    writer.write_table(table)
+    writer.done_writing()
+    answer = reader.read()
+    writer.close()
+    return json.loads(answer.to_pybytes())
+
+
+def _action(client, name, body):
+    return json.loads(next(client.do_action(fl.Action(name, json.dumps(body).encode()))).body.to_pybytes())
+
+
+ROWS = pa.table(
+    {
+        "id": pa.array(range(10), pa.int64()),
+        "name": pa.array([f"n{i}" if i % 3 else None for i in range(10)], pa.string()),
+        "score": pa.array([i / 4 for i in range(10)], pa.float64()),
+    }
+)
+
+
+@pytest.fixture
+def hooks(tmp_path, receiver):
+    server = _start(
+        tmp_path,
+        _webhook_toml("hook", f"{receiver.url}/in", f'batch_rows = 4\ncommit_url = "{receiver.url}/commit"')
+        + _webhook_toml("hook_arrow", f"{receiver.url}/arrow", 'format = "arrow"\nbatch_bytes = 1024')
+        + _webhook_toml("hook_parquet", f"{receiver.url}/parquet", 'format = "parquet"\nbatch_rows = 3')
+        + _webhook_toml("hook_ndjson", f"{receiver.url}/nd", 'format = "ndjson"\nmethod = "PUT"')
+        + _webhook_toml("hook_down", "http://127.0.0.1:9/in", "retries = 1"),
+    )
+    client = fl.connect(server.uri)
+    yield client
+    client.close()
+    server.stop()
+
+
+def test_json_rows_arrive_exactly_once_per_key_after_retries(hooks, receiver):
+    result = _put(hooks, {"target": "hook", "asset": "shop/orders"}, ROWS)
+    assert result["rows"] == 10 and result["version"] == 1
+    assert receiver.bad_signatures == []
+    requests = receiver.data_requests()
+    assert [int(h["x-quiver-rows"]) for h, _ in requests] == [4, 4, 2]
+    # Each idempotency key was accepted once; the first two needed a retry (503, then 429).
+    keys = [h["idempotency-key"] for h, _ in requests]
+    assert all(receiver.accepted[k] == 1 for k in keys)
+    statuses = {}
+    for _, path, headers, _, status in receiver.attempts:
+        statuses.setdefault(headers["idempotency-key"], []).append(status)
+    assert statuses[keys[0]] == [503, 200] and statuses[keys[1]] == [429, 200] and statuses[keys[2]] == [200]
+    rows = [row for _, body in requests for row in json.loads(body)]
+    assert rows == ROWS.to_pylist()
+    headers = requests[0][0]
+    assert headers["x-quiver-asset"] == "shop/orders"
+    assert headers["x-quiver-version"]
+    assert headers["content-type"] == "application/json"
+    put_id = headers["x-quiver-put"]
+    assert keys == [f"{put_id}-1", f"{put_id}-2", f"{put_id}-3"]
+    # Two-phase delivery: one commit request after the rows, listing them.
+    commits = [(h, b) for m, p, h, b, s in receiver.attempts if p == "/commit"]
+    assert len(commits) == 1
+    commit = json.loads(commits[0][1])
+    assert commit["requests"] == keys and commit["rows"] == 10 and commit["put"] == put_id
+    assert commits[0][0]["idempotency-key"] == f"{put_id}-commit"
+    assert receiver.attempts[-1][1] == "/commit"
+
+    described = _action(hooks, "describe", {"target": "hook", "asset": "shop/orders"})
+    assert described["rows"] == 10
+    assert put_id in json.dumps(described)
+    with pytest.raises(pa.ArrowInvalid, match="write-only"):
+        hooks.do_get(fl.Ticket(json.dumps({"target": "hook", "asset": "shop/orders"}))).read_all()
+
+
+def test_arrow_parquet_and_ndjson_bodies_read_back(hooks, receiver):
+    big = pa.table({"id": pa.array(range(500), pa.int64()), "text": pa.array([f"row {i}" * 3 for i in range(500)])})
+    _put(hooks, {"target": "hook_arrow", "asset": "big"}, big)
+    arrow_bodies = [b for h, b in receiver.data_requests() if h["x-quiver-asset"] == "big"]
+    assert len(arrow_bodies) > 1 and all(len(b) <= 1024 for b in arrow_bodies)
+    got = pa.concat_tables(ipc.open_stream(b).read_all() for b in arrow_bodies)
+    assert got.equals(big)
+
+    _put(hooks, {"target": "hook_parquet", "asset": "pq"}, ROWS)
+    pq_bodies = [b for h, b in receiver.data_requests() if h["x-quiver-asset"] == "pq"]
+    assert len(pq_bodies) == 4
+    assert pa.concat_tables(pq.read_table(io.BytesIO(b)) for b in pq_bodies).equals(ROWS)
+
+    _put(hooks, {"target": "hook_ndjson", "asset": "nd", "mode": "append"}, ROWS)
+    (headers, body), = [(h, b) for h, b in receiver.data_requests() if h["x-quiver-asset"] == "nd"]
+    assert headers["content-type"] == "application/x-ndjson" and headers["x-quiver-mode"] == "append"
+    assert [m for m, p, *_ in receiver.attempts if p == "/nd"] == ["PUT"]
+    assert [json.loads(line) for line in body.decode().splitlines()] == ROWS.to_pylist()
+
+
+def test_json_mapping_of_arrow_types(hooks, receiver):
+    table = pa.table(
+        {
+            "day": pa.array([datetime.date(2024, 1, 31), None], pa.date32()),
+            "at": pa.array([datetime.datetime(2024, 1, 31, 12, 30, 0, 123456), None], pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([Decimal("12.345"), None], pa.decimal128(10, 3)),
+            "big": pa.array([2**63 - 1, None], pa.int64()),
+            "raw": pa.array([b"\x00\xff", None], pa.binary()),
+            "tags": pa.array([["a", "b"], None], pa.list_(pa.string())),
+            "flag": pa.array([True, None]),
+        }
+    )
+    _put(hooks, {"target": "hook", "asset": "types"}, table)
+    (_, body), = [(h, b) for h, b in receiver.data_requests() if h["x-quiver-asset"] == "types"]
+    rows = json.loads(body, parse_float=Decimal)  # decimals are numbers with their exact digits
+    assert b'"amount":12.345,' in body
+    assert rows[1] == {k: None for k in table.column_names}
+    assert rows[0] == {
+        "day": "2024-01-31",
+        "at": "2024-01-31T12:30:00.123456Z",
+        "amount": Decimal("12.345"),
+        "big": 2**63 - 1,
+        "raw": "00ff",
+        "tags": ["a", "b"],
+        "flag": True,
+    }
+
+
+def test_a_refusing_receiver_fails_the_put_with_its_status(tmp_path):
+    refusing = Receiver(always=400, always_body=b'{"error": "field id is required"}')
+    down = Receiver(always=503, always_body=b"maintenance")
+    server = _start(
+        tmp_path,
+        _webhook_toml("hook", f"{refusing.url}/in", f'commit_url = "{refusing.url}/commit"')
+        + _webhook_toml("busy", f"{down.url}/in", "retries = 2"),
+    )
+    client = fl.connect(server.uri)
+    try:
+        with pytest.raises(pa.ArrowInvalid, match=r"400 Bad Request.*field id is required"):
+            _put(client, {"target": "hook", "asset": "a"}, ROWS)
+        assert [p for _, p, *_ in refusing.attempts] == ["/in"]  # no retry, no commit request
+        with pytest.raises(fl.FlightUnavailableError, match=r"503 Service Unavailable: maintenance.*after 2 retries"):
+            _put(client, {"target": "busy", "asset": "a"}, ROWS)
+        assert len(down.attempts) == 3
+        # Neither put is in the catalog.
+        assert [f.descriptor.path for f in client.list_flights()] == []
+    finally:
+        client.close()
+        server.stop()
+        refusing.stop()
+        down.stop()
+
+
+def test_modes_options_and_health(hooks, receiver):
+    with pytest.raises(pa.ArrowInvalid, match="does not support mode 'upsert'"):
+        _put(hooks, {"target": "hook", "asset": "a", "mode": "upsert", "key": ["id"]}, ROWS)
+    with pytest.raises(pa.ArrowInvalid, match="option 'compression' is not understood by webhook"):
+        _put(hooks, {"target": "hook", "asset": "a", "options": {"compression": "zstd"}}, ROWS)
+    with pytest.raises(pa.ArrowInvalid, match="'score' holds NaN"):
+        _put(hooks, {"target": "hook", "asset": "a"}, pa.table({"score": [1.0, float("nan")]}))
+    with pytest.raises(fl.FlightUnavailableError, match="could not be reached.*after 1 retries"):
+        _put(hooks, {"target": "hook_down", "asset": "a"}, ROWS)
+    health = _action(hooks, "health", {})
+    assert health["status"] == "degraded"
+    targets = health["targets"]
+    assert all(targets[name]["ok"] for name in ["hook", "hook_arrow", "hook_parquet", "hook_ndjson"])
+    assert not targets["hook_down"]["ok"] and "127.0.0.1:9" in targets["hook_down"]["error"]
