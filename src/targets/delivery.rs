@@ -13,7 +13,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::Deserialize;
 
-use crate::asset::AssetKey;
+use crate::asset::{AssetKey, Partition};
 use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::targets::WriteSummary;
@@ -326,8 +326,17 @@ pub fn check_retry(
     Ok(())
 }
 
+/// `<url>#asset=<asset>[&partition=<p>]`: where a put's rows went, for display.
+pub fn delivery_location(url: &str, asset: &AssetKey, partition: Option<&Partition>) -> String {
+    let mut location = format!("{}#asset={asset}", redacted_url(url));
+    if let Some(p) = partition {
+        location.push_str(&format!("&partition={p}"));
+    }
+    location
+}
+
 #[cfg(any(feature = "webhook", feature = "graphql"))]
-pub use http::{Http, HttpSettings, Reply};
+pub use http::{Http, HttpSettings, Reply, put_headers};
 
 #[cfg(any(feature = "webhook", feature = "graphql"))]
 mod http {
@@ -338,6 +347,33 @@ mod http {
 
     use super::{Headers, RetryPolicy, excerpt, parse_retry_after, redacted_url};
     use crate::error::{Error, Result};
+    use crate::targets::WriteRequest;
+
+    /// The headers every request of a put carries: `X-Quiver-Asset`, `X-Quiver-Version`
+    /// (Quiver's), `X-Quiver-Put`, `X-Quiver-Mode`, and `X-Quiver-Partition` for a partition.
+    pub fn put_headers(req: &WriteRequest) -> Result<HeaderMap> {
+        let mut headers = HeaderMap::new();
+        let partition = req.partition.as_ref().map(|p| p.to_string());
+        for (name, value) in [
+            ("x-quiver-asset", Some(req.asset.to_string())),
+            (
+                "x-quiver-version",
+                Some(env!("CARGO_PKG_VERSION").to_string()),
+            ),
+            ("x-quiver-put", Some(req.put_id.clone())),
+            ("x-quiver-mode", Some(req.mode.as_str().to_string())),
+            ("x-quiver-partition", partition),
+        ] {
+            let Some(value) = value else { continue };
+            let value = HeaderValue::from_str(&value).map_err(|_| {
+                Error::invalid_request(format!(
+                    "{value:?} cannot travel in the {name} header; use ASCII names"
+                ))
+            })?;
+            headers.insert(HeaderName::from_static(name), value);
+        }
+        Ok(headers)
+    }
 
     /// The settings the HTTP kinds share.
     #[derive(Debug, Clone)]

@@ -27,6 +27,8 @@ pub mod duckdb;
 #[cfg(feature = "excel")]
 pub mod excel;
 pub mod file;
+#[cfg(feature = "graphql")]
+pub mod graphql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

@@ -141,6 +141,7 @@ registry! {
         Excel = "excel" => super::excel::Excel, feature "excel",
         Delta = "delta" => super::delta::Delta, feature "delta",
         Webhook = "webhook" => super::webhook::Webhook, feature "webhook",
+        Graphql = "graphql" => super::graphql::Graphql, feature "graphql",
     }
 }
 
@@ -238,6 +239,7 @@ mod tests {
                 "elasticsearch" | "opensearch" => "url = \"http://es:9200\"",
                 "redis" => "url = \"redis://127.0.0.1:6379\"",
                 "webhook" => "url = \"http://127.0.0.1:8080/hook\"",
+                "graphql" => "endpoint = \"http://127.0.0.1:8080/graphql\"\nmutation = \"$rows\"",
                 _ => "",
             };
             let config = parse(&format!("kind = \"{}\"\n{settings}", info.kind))

@@ -299,3 +299,141 @@ def test_modes_options_and_health(hooks, receiver):
     targets = health["targets"]
     assert all(targets[name]["ok"] for name in ["hook", "hook_arrow", "hook_parquet", "hook_ndjson"])
     assert not targets["hook_down"]["ok"] and "127.0.0.1:9" in targets["hook_down"]["error"]
+
+
+# --- GraphQL ---------------------------------------------------------------------------------
+
+import asyncio  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import strawberry  # noqa: E402
+import uvicorn  # noqa: E402
+from strawberry.asgi import GraphQL  # noqa: E402
+
+
+@strawberry.input
+class OrderInput:
+    id: int
+    name: Optional[str]
+    score: float
+
+
+@strawberry.type
+class Added:
+    count: int
+
+
+def _graphql_app(received):
+    @strawberry.type
+    class Query:
+        @strawberry.field
+        def ping(self) -> str:
+            return "pong"
+
+    @strawberry.type
+    class Mutation:
+        @strawberry.mutation
+        def add_orders(self, rows: list[OrderInput]) -> Added:
+            received.extend({"id": r.id, "name": r.name, "score": r.score} for r in rows)
+            return Added(count=len(rows))
+
+        @strawberry.mutation
+        def add_limited(self, rows: list[OrderInput]) -> Added:
+            if any(r.score > 1 for r in rows):
+                raise ValueError("a score over 1 is over the limit")
+            return Added(count=len(rows))
+
+    return GraphQL(strawberry.Schema(query=Query, mutation=Mutation))
+
+
+class GraphqlServer:
+    """strawberry's ASGI app under uvicorn in a thread; the first `fail_first` POSTs get 503."""
+
+    def __init__(self, fail_first=0):
+        self.received = []
+        self.statuses = []
+        inner = _graphql_app(self.received)
+        left = [fail_first]
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http" and scope["method"] == "POST" and left[0] > 0:
+                left[0] -= 1
+                self.statuses.append(503)
+                await send({"type": "http.response.start", "status": 503, "headers": [(b"retry-after", b"1")]})
+                await send({"type": "http.response.body", "body": b"warming up"})
+                return
+            if scope["type"] == "http" and scope["method"] == "POST":
+                self.statuses.append(200)
+            await inner(scope, receive, send)
+
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _graphql_toml(name, endpoint, mutation, extra=""):
+    return (
+        f'[targets.{name}]\nkind = "graphql"\nendpoint = "{endpoint}"\nmutation = """{mutation}"""\n'
+        f"backoff_ms = 50\nmax_backoff_secs = 2\n{extra}\n"
+    )
+
+
+@pytest.fixture
+def graphql(tmp_path):
+    gql = GraphqlServer(fail_first=1)
+    server = _start(
+        tmp_path,
+        _graphql_toml("gql", gql.endpoint, "mutation($rows: [OrderInput!]!) { addOrders(rows: $rows) { count } }", "batch_rows = 4")
+        + _graphql_toml("limited", gql.endpoint, "mutation($rows: [OrderInput!]!) { addLimited(rows: $rows) { count } }"),
+    )
+    client = fl.connect(server.uri)
+    yield client, gql
+    client.close()
+    server.stop()
+    gql.stop()
+
+
+def test_graphql_rows_satisfy_the_input_type(graphql):
+    client, gql = graphql
+    result = _put(client, {"target": "gql", "asset": "shop/orders"}, ROWS)
+    assert result["rows"] == 10
+    assert gql.received == ROWS.to_pylist()
+    # The first request was answered 503 and sent again; three requests of at most 4 rows.
+    assert gql.statuses == [503, 200, 200, 200]
+    described = _action(client, "describe", {"target": "gql", "asset": "shop/orders"})
+    assert described["rows"] == 10
+    with pytest.raises(pa.ArrowInvalid, match="write-only target"):
+        client.do_get(fl.Ticket(json.dumps({"target": "gql", "asset": "shop/orders"}))).read_all()
+    health = _action(client, "health", {})
+    assert health["targets"]["gql"]["ok"], health
+
+
+def test_graphql_errors_fail_the_put_with_message_and_path(graphql):
+    client, gql = graphql
+    # `id` is a string here: the input type wants an Int.
+    wrong = pa.table({"id": ["a"], "name": ["x"], "score": [0.5]})
+    with pytest.raises(pa.ArrowInvalid, match=r"GraphQL server refused rows 1 to 1 of asset 'bad'.*\$rows.*Int"):
+        _put(client, {"target": "gql", "asset": "bad"}, wrong)
+    # A column the input type lacks.
+    extra = pa.table({"id": [1], "name": ["x"], "score": [0.5], "color": ["red"]})
+    with pytest.raises(pa.ArrowInvalid, match="color"):
+        _put(client, {"target": "gql", "asset": "bad"}, extra)
+    # An error the resolver raises names its path.
+    with pytest.raises(pa.ArrowInvalid, match=r"over the limit \(path: addLimited\)"):
+        _put(client, {"target": "limited", "asset": "bad"}, ROWS)
+    assert gql.received == []
+    assert [f.descriptor.path for f in client.list_flights()] == []

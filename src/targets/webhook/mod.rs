@@ -19,15 +19,15 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use crate::asset::{AssetKey, Partition};
 use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 use crate::targets::delivery::{
-    Batcher, Http, HttpSettings, check_json_schema, json_rows, ndjson_rows, redacted_url,
-    resolve_interrupted, write_only,
+    Batcher, Http, HttpSettings, check_json_schema, delivery_location, json_rows, ndjson_rows,
+    put_headers, resolve_interrupted, write_only,
 };
 use crate::targets::util::refuse_options;
 use crate::targets::{
@@ -70,24 +70,6 @@ impl WebhookTarget {
     }
 }
 
-/// `<url>#asset=<asset>[&partition=<p>]`: where a put's rows went, for display.
-fn location(url: &str, asset: &AssetKey, partition: Option<&Partition>) -> String {
-    let mut location = format!("{}#asset={asset}", redacted_url(url));
-    if let Some(p) = partition {
-        location.push_str(&format!("&partition={p}"));
-    }
-    location
-}
-
-fn header(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue)> {
-    let value = HeaderValue::from_str(value).map_err(|_| {
-        Error::invalid_request(format!(
-            "{value:?} cannot travel in the {name} header; use ASCII names"
-        ))
-    })?;
-    Ok((HeaderName::from_static(name), value))
-}
-
 #[async_trait]
 impl Target for WebhookTarget {
     fn name(&self) -> &str {
@@ -104,7 +86,7 @@ impl Target for WebhookTarget {
     }
 
     fn location(&self, asset: &AssetKey, partition: Option<&Partition>) -> String {
-        location(&self.config.url, asset, partition)
+        delivery_location(&self.config.url, asset, partition)
     }
 
     async fn begin(&self, req: &WriteRequest, schema: SchemaRef) -> Result<Box<dyn AssetWriter>> {
@@ -118,19 +100,7 @@ impl Target for WebhookTarget {
                 ))
             })?;
         }
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            header("x-quiver-asset", &req.asset.to_string())?,
-            header("x-quiver-version", env!("CARGO_PKG_VERSION"))?,
-            header("x-quiver-put", &req.put_id)?,
-            header("x-quiver-mode", req.mode.as_str())?,
-        ] {
-            headers.insert(name, value);
-        }
-        if let Some(partition) = &req.partition {
-            let (name, value) = header("x-quiver-partition", &partition.to_string())?;
-            headers.insert(name, value);
-        }
+        let headers = put_headers(req)?;
         Ok(Box::new(WebhookWriter {
             target: self.name.clone(),
             config: self.config.clone(),
