@@ -24,6 +24,8 @@ pub mod delta;
 pub mod discard;
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
+#[cfg(feature = "email")]
+pub mod email;
 #[cfg(feature = "excel")]
 pub mod excel;
 pub mod file;

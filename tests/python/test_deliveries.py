@@ -437,3 +437,178 @@ def test_graphql_errors_fail_the_put_with_message_and_path(graphql):
         _put(client, {"target": "limited", "asset": "bad"}, ROWS)
     assert gql.received == []
     assert [f.descriptor.path for f in client.list_flights()] == []
+
+
+# --- Email -----------------------------------------------------------------------------------
+
+import email  # noqa: E402
+import email.policy  # noqa: E402
+import mailbox  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from html.parser import HTMLParser  # noqa: E402
+
+import pyarrow.csv as pacsv  # noqa: E402
+
+
+class SmtpServer:
+    """aiosmtpd with its Maildir handler, in its own process."""
+
+    def __init__(self, tmp_path):
+        self.maildir = tmp_path / "maildir"
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.port}",
+             "-c", "aiosmtpd.handlers.Mailbox", str(self.maildir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("aiosmtpd did not start")
+                time.sleep(0.05)
+
+    @property
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def messages(self):
+        if not self.maildir.exists():
+            return []
+        box = mailbox.Maildir(str(self.maildir), factory=None, create=False)
+        return [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default) for key in box.keys()]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class _Tables(HTMLParser):
+    """The cells of every <table>, row by row."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def _email_toml(name, smtp, extra=""):
+    return (
+        f'[targets.{name}]\nkind = "email"\nsmtp = "{smtp}"\nfrom = "Quiver <quiver@example.com>"\n'
+        f'to = ["finance@example.com"]\n{extra}\n'
+    )
+
+
+@pytest.fixture
+def mail(tmp_path):
+    smtp = SmtpServer(tmp_path)
+    server = _start(
+        tmp_path,
+        _email_toml("report", smtp.url,
+                    'cc = ["audit@example.com"]\nattach = "parquet"\npreview_rows = 3\n'
+                    'subject = "Report {asset} {partition}: {rows} rows on {date}"')
+        + _email_toml("report_csv", smtp.url)
+        + _email_toml("summary", smtp.url, 'attach = "none"')
+        + _email_toml("small", smtp.url, "max_bytes = 1024")
+        + _email_toml("nowhere", "smtp://127.0.0.1:9"),
+    )
+    client = fl.connect(server.uri)
+    yield client, smtp
+    client.close()
+    server.stop()
+    smtp.stop()
+
+
+def _parts(message):
+    html = message.get_body(preferencelist=("html",)).get_content()
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    attachments = list(message.iter_attachments())
+    return html, text, attachments
+
+
+def test_one_message_per_put_with_summary_table_and_attachment(mail):
+    client, smtp = mail
+    result = _put(client, {"target": "report", "asset": "sales/daily", "partition": "2024-01-31"}, ROWS)
+    assert result["rows"] == 10
+    (message,) = smtp.messages()
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert message["Subject"] == f"Report sales/daily 2024-01-31: 10 rows on {today}"
+    assert message["From"] == "Quiver <quiver@example.com>"
+    assert message["To"] == "finance@example.com" and message["Cc"] == "audit@example.com"
+    html, text, attachments = _parts(message)
+    parser = _Tables()
+    parser.feed(html)
+    summary, columns, rows = parser.tables
+    assert ["Rows", "10"] in summary and ["Partition", "2024-01-31"] in summary
+    assert columns[1:] == [["id", "Int64", "yes"], ["name", "Utf8", "yes"], ["score", "Float64", "yes"]]
+    assert rows == [["id", "name", "score"], ["0", "", "0.0"], ["1", "n1", "0.25"], ["2", "n2", "0.5"]]
+    assert "Rows: 10" in text and "id\tname\tscore\n0\t\t0.0\n" in text
+    (attachment,) = attachments
+    assert attachment.get_filename() == "sales_daily_2024-01-31.parquet"
+    assert pq.read_table(io.BytesIO(attachment.get_content())).equals(ROWS)
+
+    # The catalog records the Message-ID; DoGet refuses.
+    described = _action(client, "describe", {"target": "report", "asset": "sales/daily"})
+    assert described["rows"] == 10
+    assert message["Message-ID"].strip("<>") in json.dumps(described)
+    with pytest.raises(pa.ArrowInvalid, match="write-only target"):
+        client.do_get(fl.Ticket(json.dumps({"target": "report", "asset": "sales/daily"}))).read_all()
+
+
+def test_csv_attachment_no_attachment_and_recipients_per_put(mail):
+    client, smtp = mail
+    _put(client, {"target": "report_csv", "asset": "orders", "options": {"to": "ceo@example.com, cfo@example.com"}}, ROWS)
+    _put(client, {"target": "summary", "asset": "orders", "mode": "append"}, ROWS)
+    by_subject = {m["To"]: m for m in smtp.messages()}
+    csv_message = by_subject["ceo@example.com, cfo@example.com"]
+    (attachment,) = list(csv_message.iter_attachments())
+    assert attachment.get_filename() == "orders.csv"
+    got = pacsv.read_csv(
+        io.BytesIO(attachment.get_payload(decode=True)),
+        convert_options=pacsv.ConvertOptions(column_types=ROWS.schema, strings_can_be_null=True),
+    )
+    assert got.to_pylist() == ROWS.to_pylist()
+    summary = by_subject["finance@example.com"]
+    assert list(summary.iter_attachments()) == []
+    assert "First 10 of 10 rows" in _parts(summary)[0]
+
+
+def test_refusals_send_nothing(mail):
+    client, smtp = mail
+    big = pa.table({"id": pa.array(range(2000), pa.int64())})
+    with pytest.raises(pa.ArrowInvalid, match=r"csv attachment of asset 'big' reached \d+ bytes.*over max_bytes \(1024\)"):
+        _put(client, {"target": "small", "asset": "big"}, big)
+    with pytest.raises(pa.ArrowInvalid, match="option 'to'.*not an email address"):
+        _put(client, {"target": "report", "asset": "a", "options": {"to": "nobody"}}, ROWS)
+    with pytest.raises(pa.ArrowInvalid, match="does not support mode 'upsert'"):
+        _put(client, {"target": "report", "asset": "a", "mode": "upsert", "key": ["id"]}, ROWS)
+    with pytest.raises(fl.FlightUnavailableError, match="sending asset 'a'"):
+        _put(client, {"target": "nowhere", "asset": "a"}, ROWS)
+    assert smtp.messages() == []
+    assert [f.descriptor.path for f in client.list_flights()] == []
+    health = _action(client, "health", {})
+    assert health["targets"]["report"]["ok"], health
+    assert not health["targets"]["nowhere"]["ok"]
