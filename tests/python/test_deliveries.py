@@ -5,20 +5,32 @@ aiosmtpd SMTP server writing a Maildir.
 """
 
 import datetime
+import email
+import email.policy
 import hashlib
 import hmac
 import io
 import json
+import mailbox
+import socket
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
+from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.flight as fl
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+import strawberry
+import uvicorn
+from strawberry.asgi import GraphQL
 
 from conftest import Server, _free_port
 
@@ -29,8 +41,10 @@ class Receiver:
     """An HTTP server recording every request. `plan` maps a request's sequence number to the
     statuses its first attempts get (then 200); `always` answers every request with one status."""
 
-    def __init__(self, secret=SECRET, plan=None, always=None, always_body=b""):
+    def __init__(self, secret=SECRET, plan=None, always=None, always_body=b"", hold=None):
         self.secret = secret
+        # Requests to this path wait, once `held` is set, until `release` is.
+        self.hold, self.held, self.release = hold, threading.Event(), threading.Event()
         self.plan = {k: list(v) for k, v in (plan or {}).items()}
         self.always = always
         self.always_body = always_body
@@ -51,6 +65,9 @@ class Receiver:
 
             def _receive(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == receiver.hold:
+                    receiver.held.set()
+                    receiver.release.wait(timeout=60)
                 status, extra, answer = receiver._answer(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 self.send_response(status)
                 for k, v in extra.items():
@@ -61,7 +78,13 @@ class Receiver:
 
             do_POST = do_PUT = do_PATCH = _receive
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", _free_port()), Handler)
+        class QuietServer(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                # A sender killed mid-request (the crash test) leaves a broken pipe.
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)
+
+        self.server = QuietServer(("127.0.0.1", _free_port()), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -285,6 +308,52 @@ def test_a_refusing_receiver_fails_the_put_with_its_status(tmp_path):
         down.stop()
 
 
+def test_a_put_interrupted_at_its_commit_request_is_rolled_back_and_delivered_again(tmp_path):
+    receiver = Receiver(hold="/commit")
+    toml = _webhook_toml("hook", f"{receiver.url}/in", f'batch_rows = 4\ncommit_url = "{receiver.url}/commit"')
+    server = _start(tmp_path, toml)
+    command = {"target": "hook", "asset": "orders", "idempotency_key": "run-1"}
+    try:
+        client = fl.connect(server.uri)
+        put = threading.Thread(target=lambda: pytest.raises(Exception, _put, client, command, ROWS), daemon=True)
+        put.start()
+        assert receiver.held.wait(timeout=30), "the commit request never came"
+        # The rows were delivered and the catalog holds the put as pending: the server dies now.
+        first = receiver.data_requests()
+        assert [int(h["x-quiver-rows"]) for h, _ in first] == [4, 4, 2]
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        server.log.close()
+        receiver.release.set()
+        put.join(timeout=30)
+        client.close()
+
+        # At the restart the pending put is settled: nothing can tell whether the receiver
+        # applied it, so the catalog rolls it back and says so.
+        receiver.hold = None
+        server = _start(tmp_path, toml)
+        client = fl.connect(server.uri)
+        assert [f.descriptor.path for f in client.list_flights()] == []
+        assert "may have been delivered" in server.logs()
+        # A retry with the same idempotency key delivers again (at least once) and commits.
+        result = _put(client, command, ROWS)
+        assert result["rows"] == 10 and not result.get("replayed")
+        second_put = result["location"].rsplit("put=", 1)[1]
+        assert second_put != first[0][0]["x-quiver-put"]
+        again = [(h, b) for h, b in receiver.data_requests() if h["x-quiver-put"] == second_put]
+        assert [row for _, body in again for row in json.loads(body)] == ROWS.to_pylist()
+        commits = [json.loads(b) for _, p, h, b, st in receiver.attempts if p == "/commit" and st == 200]
+        # The receiver did get the first commit request (the server died waiting for the
+        # answer), so it saw the put twice: at least once, deduplicated by the receiver.
+        assert [c["put"] for c in commits] == [first[0][0]["x-quiver-put"], second_put]
+        client.close()
+    finally:
+        receiver.release.set()
+        if server.proc.poll() is None:
+            server.stop()
+        receiver.stop()
+
+
 def test_modes_options_and_health(hooks, receiver):
     with pytest.raises(pa.ArrowInvalid, match="does not support mode 'upsert'"):
         _put(hooks, {"target": "hook", "asset": "a", "mode": "upsert", "key": ["id"]}, ROWS)
@@ -302,13 +371,6 @@ def test_modes_options_and_health(hooks, receiver):
 
 
 # --- GraphQL ---------------------------------------------------------------------------------
-
-import asyncio  # noqa: E402
-from typing import Optional  # noqa: E402
-
-import strawberry  # noqa: E402
-import uvicorn  # noqa: E402
-from strawberry.asgi import GraphQL  # noqa: E402
 
 
 @strawberry.input
@@ -440,17 +502,6 @@ def test_graphql_errors_fail_the_put_with_message_and_path(graphql):
 
 
 # --- Email -----------------------------------------------------------------------------------
-
-import email  # noqa: E402
-import email.policy  # noqa: E402
-import mailbox  # noqa: E402
-import re  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from html.parser import HTMLParser  # noqa: E402
-
-import pyarrow.csv as pacsv  # noqa: E402
 
 
 class SmtpServer:
