@@ -411,7 +411,10 @@ mod http {
                 value.set_sensitive(true);
                 headers.insert(name, value);
             }
+            // A redirect is refused, not followed: a 301/302 would turn a POST into a GET and
+            // drop the rows while answering 2xx.
             let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .timeout(settings.timeout)
                 .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
                 .build()
@@ -620,6 +623,17 @@ mod tests {
         assert_eq!(sizes, vec![5, 5]);
         assert_eq!(ids, (0..13).collect::<Vec<_>>());
         assert!(batcher.peek().unwrap().is_none());
+        // A chunk is also due once the pending rows' Arrow memory reaches the byte limit.
+        let size = batch(0, 2).get_array_memory_size();
+        let mut by_bytes = Batcher::new(batch(0, 1).schema(), 1000, size * 2 + 1);
+        by_bytes.push(batch(0, 2));
+        by_bytes.push(batch(2, 2));
+        assert!(!by_bytes.full());
+        by_bytes.push(batch(4, 2));
+        assert!(by_bytes.full());
+        by_bytes.consume(3);
+        assert!(!by_bytes.full());
+        assert_eq!(by_bytes.rows(), 3);
         // A smaller head, as the byte limit asks for.
         batcher.push(batch(20, 4));
         assert_eq!(batcher.head(2).unwrap().unwrap().num_rows(), 2);

@@ -286,10 +286,12 @@ def test_json_mapping_of_arrow_types(hooks, receiver):
 def test_a_refusing_receiver_fails_the_put_with_its_status(tmp_path):
     refusing = Receiver(always=400, always_body=b'{"error": "field id is required"}')
     down = Receiver(always=503, always_body=b"maintenance")
+    moved = Receiver(always=302)
     server = _start(
         tmp_path,
         _webhook_toml("hook", f"{refusing.url}/in", f'commit_url = "{refusing.url}/commit"')
-        + _webhook_toml("busy", f"{down.url}/in", "retries = 2"),
+        + _webhook_toml("busy", f"{down.url}/in", "retries = 2")
+        + _webhook_toml("moved", f"{moved.url}/in"),
     )
     client = fl.connect(server.uri)
     try:
@@ -299,6 +301,10 @@ def test_a_refusing_receiver_fails_the_put_with_its_status(tmp_path):
         with pytest.raises(fl.FlightUnavailableError, match=r"503 Service Unavailable: maintenance.*after 2 retries"):
             _put(client, {"target": "busy", "asset": "a"}, ROWS)
         assert len(down.attempts) == 3
+        # A redirect is not followed (a 302 would turn the POST into a GET and drop the rows).
+        with pytest.raises(pa.ArrowInvalid, match="refused the delivery with 302 Found"):
+            _put(client, {"target": "moved", "asset": "a"}, ROWS)
+        assert [m for m, *_ in moved.attempts] == ["POST"]
         # Neither put is in the catalog.
         assert [f.descriptor.path for f in client.list_flights()] == []
     finally:
@@ -306,6 +312,7 @@ def test_a_refusing_receiver_fails_the_put_with_its_status(tmp_path):
         server.stop()
         refusing.stop()
         down.stop()
+        moved.stop()
 
 
 def test_a_put_interrupted_at_its_commit_request_is_rolled_back_and_delivered_again(tmp_path):
