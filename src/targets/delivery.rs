@@ -214,6 +214,15 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy of the `retries`, `backoff_ms` and `max_backoff_secs` settings.
+    pub fn from_settings(retries: u32, backoff_ms: u64, max_backoff_secs: u64) -> Self {
+        Self {
+            retries,
+            initial: Duration::from_millis(backoff_ms),
+            max: Duration::from_secs(max_backoff_secs),
+        }
+    }
+
     /// The wait before retry number `retry` (0 for the first retry): `initial * 2^retry`,
     /// at most `max`; a `Retry-After` the server sent replaces it, still at most `max`.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
@@ -336,7 +345,7 @@ pub fn delivery_location(url: &str, asset: &AssetKey, partition: Option<&Partiti
 }
 
 #[cfg(any(feature = "webhook", feature = "graphql"))]
-pub use http::{Http, HttpSettings, Reply, put_headers};
+pub use http::{Http, Reply, put_headers, request_headers};
 
 #[cfg(any(feature = "webhook", feature = "graphql"))]
 mod http {
@@ -348,6 +357,24 @@ mod http {
     use super::{Headers, RetryPolicy, excerpt, parse_retry_after, redacted_url};
     use crate::error::{Error, Result};
     use crate::targets::WriteRequest;
+
+    /// `base` with the headers of request number `sequence` (from 1) of a put, holding `rows`
+    /// rows: `Idempotency-Key` (`<put id>-<sequence>`), `X-Quiver-Sequence`, `X-Quiver-Rows`.
+    pub fn request_headers(
+        base: &HeaderMap,
+        put_id: &str,
+        sequence: u64,
+        rows: usize,
+    ) -> HeaderMap {
+        let mut headers = base.clone();
+        headers.insert(
+            "idempotency-key",
+            HeaderValue::from_str(&format!("{put_id}-{sequence}")).expect("a put id is ASCII"),
+        );
+        headers.insert("x-quiver-sequence", HeaderValue::from(sequence));
+        headers.insert("x-quiver-rows", HeaderValue::from(rows));
+        headers
+    }
 
     /// The headers every request of a put carries: `X-Quiver-Asset`, `X-Quiver-Version`
     /// (Quiver's), `X-Quiver-Put`, `X-Quiver-Mode`, and `X-Quiver-Partition` for a partition.
@@ -375,14 +402,6 @@ mod http {
         Ok(headers)
     }
 
-    /// The settings the HTTP kinds share.
-    #[derive(Debug, Clone)]
-    pub struct HttpSettings {
-        pub headers: Headers,
-        pub timeout: Duration,
-        pub retry: RetryPolicy,
-    }
-
     /// A 2xx answer.
     #[derive(Debug)]
     pub struct Reply {
@@ -399,10 +418,16 @@ mod http {
     }
 
     impl Http {
-        /// Checks the headers; connects to nothing.
-        pub fn new(target: &str, settings: &HttpSettings) -> Result<Self, String> {
+        /// Checks the headers; connects to nothing. `timeout_secs` bounds each attempt.
+        pub fn new(
+            target: &str,
+            fixed: &Headers,
+            timeout_secs: u64,
+            retry: RetryPolicy,
+        ) -> Result<Self, String> {
+            let timeout = Duration::from_secs(timeout_secs);
             let mut headers = HeaderMap::new();
-            for (name, value) in &settings.headers {
+            for (name, value) in fixed {
                 let name = HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| format!("headers: {name:?} is not a valid header name"))?;
                 let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
@@ -415,15 +440,15 @@ mod http {
             // drop the rows while answering 2xx.
             let client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .timeout(settings.timeout)
-                .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
                 .build()
                 .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
             Ok(Self {
                 target: target.to_string(),
                 client,
                 headers,
-                retry: settings.retry,
+                retry,
             })
         }
 

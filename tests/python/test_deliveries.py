@@ -148,6 +148,15 @@ def receiver():
     r.stop()
 
 
+def _wait_for(ready, what, seconds=20):
+    """Polls `ready()` until it is true; a server that never gets there fails the test."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
 def _start(tmp_path, toml):
     config = tmp_path / "quiver.toml"
     config.write_text(toml)
@@ -439,11 +448,7 @@ class GraphqlServer:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
+        _wait_for(lambda: self.server.started, "uvicorn")
 
     @property
     def endpoint(self):
@@ -523,15 +528,16 @@ class SmtpServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("aiosmtpd did not start")
-                time.sleep(0.05)
+        _wait_for(self._listening, "aiosmtpd")
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"aiosmtpd exited with {self.proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     @property
     def url(self):

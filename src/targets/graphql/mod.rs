@@ -8,7 +8,6 @@
 //! at-least-once (see docs/protocol.md).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -23,9 +22,9 @@ use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 use crate::targets::delivery::{
-    Batcher, Headers, Http, HttpSettings, Reply, RetryPolicy, check_http_url, check_json_schema,
-    check_retry, default_backoff_ms, default_max_backoff_secs, default_retries,
-    default_timeout_secs, delivery_location, excerpt, json_rows, put_headers, redacted_url,
+    Batcher, Headers, Http, Reply, RetryPolicy, check_http_url, check_json_schema, check_retry,
+    default_backoff_ms, default_max_backoff_secs, default_retries, default_timeout_secs,
+    delivery_location, excerpt, json_rows, put_headers, redacted_url, request_headers,
     resolve_interrupted, write_only,
 };
 use crate::targets::util::refuse_options;
@@ -154,19 +153,9 @@ impl GraphqlTarget {
     pub fn open(name: &str, config: &GraphqlConfig) -> Result<Self> {
         let fail = |e: String| Error::config(format!("[targets.{name}] {e}"));
         check(config).map_err(fail)?;
-        let http = Http::new(
-            name,
-            &HttpSettings {
-                headers: config.headers.clone(),
-                timeout: Duration::from_secs(config.timeout_secs),
-                retry: RetryPolicy {
-                    retries: config.retries,
-                    initial: Duration::from_millis(config.backoff_ms),
-                    max: Duration::from_secs(config.max_backoff_secs),
-                },
-            },
-        )
-        .map_err(fail)?;
+        let retry =
+            RetryPolicy::from_settings(config.retries, config.backoff_ms, config.max_backoff_secs);
+        let http = Http::new(name, &config.headers, config.timeout_secs, retry).map_err(fail)?;
         Ok(Self {
             name: name.to_string(),
             config: config.clone(),
@@ -301,13 +290,7 @@ impl GraphqlWriter {
         body.extend_from_slice(&json);
         body.extend_from_slice(b"}}");
         let sequence = self.requests + 1;
-        let mut headers = self.headers.clone();
-        headers.insert(
-            "idempotency-key",
-            HeaderValue::from_str(&format!("{}-{sequence}", self.put_id)).expect("ASCII"),
-        );
-        headers.insert("x-quiver-sequence", HeaderValue::from(sequence));
-        headers.insert("x-quiver-rows", HeaderValue::from(rows));
+        let headers = request_headers(&self.headers, &self.put_id, sequence, rows);
         let body = Bytes::from(body);
         let reply = self
             .http

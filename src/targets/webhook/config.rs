@@ -1,7 +1,6 @@
 //! Webhook target settings, and its entry in the target registry.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -97,11 +96,7 @@ impl WebhookConfig {
     }
 
     pub fn retry(&self) -> RetryPolicy {
-        RetryPolicy {
-            retries: self.retries,
-            initial: Duration::from_millis(self.backoff_ms),
-            max: Duration::from_secs(self.max_backoff_secs),
-        }
+        RetryPolicy::from_settings(self.retries, self.backoff_ms, self.max_backoff_secs)
     }
 }
 

@@ -26,8 +26,8 @@ use crate::catalog::PendingPut;
 use crate::error::{Error, Result};
 use crate::protocol::Mode;
 use crate::targets::delivery::{
-    Batcher, Http, HttpSettings, check_json_schema, delivery_location, json_rows, ndjson_rows,
-    put_headers, resolve_interrupted, write_only,
+    Batcher, Http, check_json_schema, delivery_location, json_rows, ndjson_rows, put_headers,
+    request_headers, resolve_interrupted, write_only,
 };
 use crate::targets::util::refuse_options;
 use crate::targets::{
@@ -51,15 +51,8 @@ impl WebhookTarget {
     pub fn open(name: &str, config: &WebhookConfig) -> Result<Self> {
         let fail = |e: String| Error::config(format!("[targets.{name}] {e}"));
         config::check(config).map_err(fail)?;
-        let http = Http::new(
-            name,
-            &HttpSettings {
-                headers: config.headers.clone(),
-                timeout: std::time::Duration::from_secs(config.timeout_secs),
-                retry: config.retry(),
-            },
-        )
-        .map_err(fail)?;
+        let http =
+            Http::new(name, &config.headers, config.timeout_secs, config.retry()).map_err(fail)?;
         Ok(Self {
             name: name.to_string(),
             method: Method::from_bytes(config.method.as_bytes())
@@ -218,27 +211,18 @@ impl WebhookWriter {
             take =
                 ((take as u128 * limit as u128 / body.len() as u128) as usize).clamp(1, take - 1);
         };
-        let key = format!("{}-{}", self.put_id, self.requests.len() + 1);
-        let mut headers = self.headers.clone();
+        let sequence = self.requests.len() as u64 + 1;
+        let mut headers = request_headers(&self.headers, &self.put_id, sequence, rows);
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static(self.config.format.content_type()),
         );
-        headers.insert(
-            "idempotency-key",
-            HeaderValue::from_str(&key).expect("ASCII"),
-        );
-        headers.insert(
-            "x-quiver-sequence",
-            HeaderValue::from(self.requests.len() + 1),
-        );
-        headers.insert("x-quiver-rows", HeaderValue::from(rows));
         let body = Bytes::from(body);
         self.send(&self.config.url.clone(), &body, headers).await?;
         self.batcher.consume(rows);
         self.rows += rows as u64;
         self.bytes += body.len() as u64;
-        self.requests.push(key);
+        self.requests.push(format!("{}-{sequence}", self.put_id));
         Ok(())
     }
 
