@@ -199,7 +199,11 @@ def hooks(tmp_path, receiver):
         _webhook_toml("hook", f"{receiver.url}/in", f'batch_rows = 4\ncommit_url = "{receiver.url}/commit"')
         + _webhook_toml("hook_arrow", f"{receiver.url}/arrow", 'format = "arrow"\nbatch_bytes = 1024')
         + _webhook_toml("hook_parquet", f"{receiver.url}/parquet", 'format = "parquet"\nbatch_rows = 3')
-        + _webhook_toml("hook_ndjson", f"{receiver.url}/nd", 'format = "ndjson"\nmethod = "PUT"')
+        + _webhook_toml(
+            "hook_ndjson",
+            f"{receiver.url}/nd?token=qt0ken",
+            'format = "ndjson"\nmethod = "PUT"\nheaders = { Authorization = "Bearer b3arer" }',
+        )
         + _webhook_toml("hook_down", "http://127.0.0.1:9/in", "retries = 1"),
     )
     client = fl.connect(server.uri)
@@ -260,7 +264,8 @@ def test_arrow_parquet_and_ndjson_bodies_read_back(hooks, receiver):
     _put(hooks, {"target": "hook_ndjson", "asset": "nd", "mode": "append"}, ROWS)
     (headers, body), = [(h, b) for h, b in receiver.data_requests() if h["x-quiver-asset"] == "nd"]
     assert headers["content-type"] == "application/x-ndjson" and headers["x-quiver-mode"] == "append"
-    assert [m for m, p, *_ in receiver.attempts if p == "/nd"] == ["PUT"]
+    assert [m for m, p, *_ in receiver.attempts if p == "/nd?token=qt0ken"] == ["PUT"]
+    assert headers["authorization"] == "Bearer b3arer"
     assert [json.loads(line) for line in body.decode().splitlines()] == ROWS.to_pylist()
 
 
@@ -368,6 +373,30 @@ def test_a_put_interrupted_at_its_commit_request_is_rolled_back_and_delivered_ag
         if server.proc.poll() is None:
             server.stop()
         receiver.stop()
+
+
+def test_secrets_stay_out_of_describe_errors_and_logs(tmp_path, receiver):
+    refusing = Receiver(always=403, always_body=b"no")
+    toml = _webhook_toml(
+        "hook", f"{refusing.url}/in?token=qt0ken", 'headers = { Authorization = "Bearer b3arer" }'
+    ) + _webhook_toml("ok", f"http://user:pw0rd@127.0.0.1:{receiver.server.server_address[1]}/in?key=k3y")
+    server = _start(tmp_path, toml)
+    client = fl.connect(server.uri)
+    try:
+        with pytest.raises(pa.ArrowInvalid) as refused:
+            _put(client, {"target": "hook", "asset": "a"}, ROWS)
+        assert "403 Forbidden" in str(refused.value) and "token=***" in str(refused.value)
+        _put(client, {"target": "ok", "asset": "a"}, ROWS)
+        described = json.dumps(_action(client, "describe", {"target": "ok", "asset": "a"}))
+        assert "user:***@" in described and "key=***" in described
+        health = json.dumps(_action(client, "health", {}))
+        everything = str(refused.value) + described + health + server.logs()
+        for secret in ["qt0ken", "b3arer", "pw0rd", "k3y", SECRET]:
+            assert secret not in everything
+    finally:
+        client.close()
+        server.stop()
+        refusing.stop()
 
 
 def test_modes_options_and_health(hooks, receiver):
