@@ -705,3 +705,63 @@ def test_refusals_send_nothing(mail):
     health = _action(client, "health", {})
     assert health["targets"]["report"]["ok"], health
     assert not health["targets"]["nowhere"]["ok"]
+
+
+BROKEN_CLIENT = """
+import json, os, sys, time, urllib.request
+import pyarrow as pa, pyarrow.flight as fl
+uri, target, metrics = sys.argv[1:]
+client = fl.connect(uri)
+table = pa.table({"id": pa.array(range(10), pa.int64())})
+writer, _ = client.do_put(fl.FlightDescriptor.for_command(json.dumps({"target": target, "asset": "cut"})), table.schema)
+writer.write_table(table)
+# Once the server is inside the put, the stream breaks: no end of stream, no goodbye.
+running = 'quiver_puts_in_flight{target="%s"} 1' % target
+deadline = time.monotonic() + 30
+while running not in urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics").read().decode():
+    if time.monotonic() > deadline:
+        os._exit(2)
+    time.sleep(0.02)
+os._exit(1)
+"""
+
+
+def _metric_lines(port, name):
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return [line for line in text.splitlines() if line.startswith(name)]
+
+
+def test_a_broken_stream_sends_no_email_and_no_commit_request(tmp_path, receiver):
+    smtp = SmtpServer(tmp_path)
+    metrics = _free_port()
+    server = _start(
+        tmp_path,
+        f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n'
+        + _email_toml("report", smtp.url)
+        + _webhook_toml("hook", f"{receiver.url}/in", f'batch_rows = 4\ncommit_url = "{receiver.url}/commit"'),
+    )
+    client = fl.connect(server.uri)
+    try:
+        for target in ["report", "hook"]:
+            broken = subprocess.run([sys.executable, "-c", BROKEN_CLIENT, server.uri, target, str(metrics)], timeout=60)
+            assert broken.returncode == 1, "the put never started on the server"
+            # The server notices the broken stream, aborts the put and leaves it.
+            _wait_for(
+                lambda: f'quiver_puts_in_flight{{target="{target}"}} 0' in _metric_lines(metrics, "quiver_puts_in_flight"),
+                f"the end of the broken put to {target}",
+            )
+        assert smtp.messages() == []
+        # Requests sent before the break stay sent; no commit request follows them.
+        assert [p for _, p, *_ in receiver.attempts if p == "/commit"] == []
+        assert [f.descriptor.path for f in client.list_flights()] == []
+        # The same puts, whole, go through.
+        _put(client, {"target": "report", "asset": "cut"}, ROWS)
+        _put(client, {"target": "hook", "asset": "cut"}, ROWS)
+        assert len(smtp.messages()) == 1
+        assert [p for _, p, *_ in receiver.attempts if p == "/commit"] == ["/commit"]
+    finally:
+        client.close()
+        server.stop()
+        smtp.stop()
