@@ -31,7 +31,13 @@ use crate::targets::{
 };
 pub use config::{Attach, Email, EmailConfig};
 
+/// How long a passed SMTP health check stands: the server checks its targets every 10 s, and
+/// a mail provider need not see a login that often.
+const HEALTH_VALID_FOR: Duration = Duration::from_secs(300);
+
 pub struct EmailTarget {
+    /// When the SMTP server last answered NOOP.
+    healthy_at: std::sync::Mutex<Option<std::time::Instant>>,
     name: String,
     config: EmailConfig,
     from: Mailbox,
@@ -55,6 +61,7 @@ impl EmailTarget {
             .timeout(Some(Duration::from_secs(config.timeout_secs)))
             .build();
         Ok(Self {
+            healthy_at: std::sync::Mutex::new(None),
             name: name.to_string(),
             from: config::mailboxes("from", std::slice::from_ref(&config.from)).map_err(fail)?[0]
                 .clone(),
@@ -174,10 +181,18 @@ impl Target for EmailTarget {
         Ok(())
     }
 
-    /// Connects, greets, and sends NOOP.
+    /// Connects, greets (and logs in, with a user), and sends NOOP; a pass stands for
+    /// [`HEALTH_VALID_FOR`], a failure is checked again at the next call.
     async fn healthcheck(&self) -> Result<()> {
+        if crate::targets::lock(&self.healthy_at).is_some_and(|at| at.elapsed() < HEALTH_VALID_FOR)
+        {
+            return Ok(());
+        }
         match self.transport.test_connection().await {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                *crate::targets::lock(&self.healthy_at) = Some(std::time::Instant::now());
+                Ok(())
+            }
             Ok(false) => Err(Error::storage(
                 &self.name,
                 format!("checking {}", redacted_url(&self.config.smtp)),
