@@ -370,3 +370,47 @@ impl AssetWriter for EmailWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_to_option_replaces_the_recipients() {
+        let target = EmailTarget::open(
+            "mail",
+            &EmailConfig::new("smtp://127.0.0.1:25", "q@example.com", &["a@example.com"]),
+        )
+        .unwrap();
+        let emails = |options: &Options| -> Result<Vec<String>> {
+            Ok(target
+                .recipients(options)?
+                .iter()
+                .map(|m| m.email.to_string())
+                .collect())
+        };
+        assert_eq!(emails(&Options::new()).unwrap(), ["a@example.com"]);
+        let mut options = Options::new();
+        options.insert("to".into(), json!(" b@example.com, C <c@example.com> "));
+        assert_eq!(
+            emails(&options).unwrap(),
+            ["b@example.com", "c@example.com"]
+        );
+        options.insert("to".into(), json!(["d@example.com"]));
+        assert_eq!(emails(&options).unwrap(), ["d@example.com"]);
+        for bad in [json!(""), json!([3]), json!(7), json!("nobody")] {
+            options.insert("to".into(), bad.clone());
+            let err = emails(&options).unwrap_err().to_string();
+            assert!(err.contains("'to'"), "{bad}: {err}");
+        }
+        let mut unknown = Options::new();
+        unknown.insert("subject".into(), json!("x"));
+        let err = emails(&unknown).unwrap_err().to_string();
+        assert!(
+            err.contains("'subject'") && err.contains("accepted options: to"),
+            "{err}"
+        );
+    }
+}
