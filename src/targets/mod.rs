@@ -17,14 +17,20 @@
 //! commit (a file's identity), or by a marker its commit writes atomically with the data
 //! (the put id in a transaction).
 
+#[cfg(any(feature = "webhook", feature = "graphql", feature = "email"))]
+pub mod delivery;
 #[cfg(feature = "delta")]
 pub mod delta;
 pub mod discard;
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
+#[cfg(feature = "email")]
+pub mod email;
 #[cfg(feature = "excel")]
 pub mod excel;
 pub mod file;
+#[cfg(feature = "graphql")]
+pub mod graphql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -34,6 +40,8 @@ pub mod registry;
 pub mod search;
 pub mod sql;
 pub(crate) mod util;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use std::path::Path;
 use std::pin::Pin;

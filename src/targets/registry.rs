@@ -140,6 +140,9 @@ registry! {
         Redis = "redis" => super::redis::Redis, feature "redis",
         Excel = "excel" => super::excel::Excel, feature "excel",
         Delta = "delta" => super::delta::Delta, feature "delta",
+        Webhook = "webhook" => super::webhook::Webhook, feature "webhook",
+        Graphql = "graphql" => super::graphql::Graphql, feature "graphql",
+        Email = "email" => super::email::Email, feature "email",
     }
 }
 
@@ -236,6 +239,11 @@ mod tests {
                 "postgres" => "url = \"postgres://db/x\"",
                 "elasticsearch" | "opensearch" => "url = \"http://es:9200\"",
                 "redis" => "url = \"redis://127.0.0.1:6379\"",
+                "webhook" => "url = \"http://127.0.0.1:8080/hook\"",
+                "email" => {
+                    "smtp = \"smtp://127.0.0.1:25\"\nfrom = \"q@example.com\"\nto = [\"a@example.com\"]"
+                }
+                "graphql" => "endpoint = \"http://127.0.0.1:8080/graphql\"\nmutation = \"$rows\"",
                 _ => "",
             };
             let config = parse(&format!("kind = \"{}\"\n{settings}", info.kind))
