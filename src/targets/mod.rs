@@ -25,6 +25,8 @@ pub mod duckdb;
 #[cfg(feature = "excel")]
 pub mod excel;
 pub mod file;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

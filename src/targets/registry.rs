@@ -140,6 +140,7 @@ registry! {
         Redis = "redis" => super::redis::Redis, feature "redis",
         Excel = "excel" => super::excel::Excel, feature "excel",
         Delta = "delta" => super::delta::Delta, feature "delta",
+        Hyper = "hyper" => super::hyper::Hyper, feature "hyper",
     }
 }
 

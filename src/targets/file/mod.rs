@@ -798,7 +798,7 @@ fn read_file(
 }
 
 /// Deletes files named `<name>#<digits>` (object_store's staged upload parts) under `dir`.
-fn remove_staged(
+pub(crate) fn remove_staged(
     dir: &std::path::Path,
     min_age: std::time::Duration,
 ) -> std::io::Result<Vec<String>> {
