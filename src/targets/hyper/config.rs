@@ -20,9 +20,19 @@ pub struct HyperConfig {
     /// The `hyperd` binary to run. Default: `$QUIVER_HYPERD`, else the hyperd of a
     /// `tableauhyperapi` that pip installed, else `hyperd` on `PATH`.
     pub hyperd: Option<PathBuf>,
+    /// Where hyperd writes its diagnostic log. Default: `<temp dir>/quiver-hyperd/<target
+    /// name>`, outside the root so that readers of the root see only extracts.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl HyperConfig {
+    /// The log directory of the target called `name`.
+    pub(crate) fn log_dir(&self, name: &str) -> PathBuf {
+        self.log_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("quiver-hyperd").join(name))
+    }
+
     /// The root directory, or why the setting names none.
     pub(crate) fn root_dir(&self) -> Result<PathBuf, String> {
         let root = self

@@ -79,7 +79,7 @@ impl HyperTarget {
         let root = root
             .canonicalize()
             .map_err(|e| Error::config(format!("[targets.{name}] root {}: {e}", root.display())))?;
-        let hyperd = Hyperd::new(name, config.hyperd.clone(), root.join(".hyperd"));
+        let hyperd = Hyperd::new(name, config.hyperd.clone(), config.log_dir(name));
         Ok(Self {
             name: name.to_string(),
             root,
@@ -440,17 +440,23 @@ async fn read_file(
     let mut bytes = Box::pin(bytes);
     let mut decoder = StreamDecoder::new();
     let decode_failed = |e| Error::format(target, "decode hyperd's Arrow stream", e);
+    // hyperd ends its stream without an end-of-stream marker, and after only the schema
+    // for a table without rows, which the decoder would take for a cut stream.
+    let mut empty = true;
     while let Some(chunk) = bytes.next().await {
         let chunk = chunk.map_err(|e| hyper_error(target, "reading a .hyper file", e))?;
         let mut buffer = Buffer::from(chunk);
         while !buffer.is_empty() {
             if let Some(batch) = decoder.decode(&mut buffer).map_err(decode_failed)? {
+                empty = false;
                 let batch = types::cast_batch(&batch, schema).map_err(decode_failed)?;
                 tx.send(Ok(batch)).await.map_err(|_| Reading::Closed)?;
             }
         }
     }
-    decoder.finish().map_err(decode_failed)?;
+    if !empty {
+        decoder.finish().map_err(decode_failed)?;
+    }
     client
         .batch_execute(&format!("DETACH DATABASE {READ_ALIAS}"))
         .await
