@@ -256,21 +256,86 @@ def test_a_read_pins_the_file_it_started_on(quiver):
 
 
 def test_hyperd_is_restarted_after_it_died(quiver):
-    client, root, srv = quiver
+    client, _, srv = quiver
     put(client, pa.table({"n": pa.array([1], pa.int64())}), "a")
-    pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    hyperds = []
-    for pid in pids:
+    (pid,) = hyperd_children(srv)
+    os.kill(pid, 9)
+    put(client, pa.table({"n": pa.array([2], pa.int64())}), "b")
+    assert get(client, "a").to_pylist() == [{"n": 1}]
+    assert get(client, "b").to_pylist() == [{"n": 2}]
+    (restarted,) = hyperd_children(srv)
+    assert restarted != pid
+
+
+def test_a_value_outside_hypers_range_is_invalid_data(quiver):
+    client, root, _ = quiver
+    put(client, pa.table({"d": pa.array([0], pa.date32())}), "days")
+    with pytest.raises(pa.ArrowInvalid) as err:
+        put(client, pa.table({"d": pa.array([0, 2**31 - 1], pa.date32())}), "days")
+    assert "hyperd refused the rows" in str(err.value)
+    assert get(client, "days").column("d").to_pylist() == [dt.date(1970, 1, 1)]
+
+
+def test_puts_to_different_assets_run_at_once(quiver):
+    client, _, srv = quiver
+    from concurrent.futures import ThreadPoolExecutor
+
+    tables = {f"many/{i}": pa.table({"n": pa.array(range(i * 1000, i * 1000 + 5000), pa.int64())}) for i in range(6)}
+
+    def one(item):
+        asset, table = item
+        own = fl.connect(srv.uri)
+        try:
+            return put(own, table, asset, chunk=1000)["rows"]
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(one, tables.items())) == [5000] * 6
+    # Hyper scans in parallel: the rows come back complete, not necessarily in put order.
+    for asset, table in tables.items():
+        assert get(client, asset).sort_by("n") == table
+
+
+def hyperd_children(srv):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
         ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
-        if cmdline and cmdline[0].endswith(b"hyperd") and ppid == srv.proc.pid:
-            hyperds.append(int(pid))
-    assert len(hyperds) == 1
-    os.kill(hyperds[0], 9)
-    put(client, pa.table({"n": pa.array([2], pa.int64())}), "b")
-    assert get(client, "a").to_pylist() == [{"n": 1}]
-    assert get(client, "b").to_pylist() == [{"n": 2}]
+        state = next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+        if cmdline[0].endswith(b"hyperd") and ppid == srv.proc.pid and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+def test_hyperd_stops_with_the_server(tmp_path):
+    config = tmp_path / "quiver.toml"
+    config.write_text(f'[targets.tableau]\nkind = "hyper"\nhyperd = "{HYPERD}"\n')
+    srv = Server(tmp_path, args=["--config", str(config)])
+    try:
+        client = fl.connect(srv.uri)
+        put(client, pa.table({"n": pa.array([1], pa.int64())}), "a")
+        client.close()
+        (pid,) = hyperd_children(srv)
+    finally:
+        srv.stop()
+    assert not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_missing_hyperd_is_named(tmp_path):
+    config = tmp_path / "quiver.toml"
+    config.write_text('[targets.tableau]\nkind = "hyper"\nhyperd = "/nonexistent/hyperd"\n')
+    srv = Server(tmp_path, args=["--config", str(config)])
+    try:
+        client = fl.connect(srv.uri)
+        with pytest.raises(ERRORS) as err:
+            put(client, pa.table({"n": pa.array([1], pa.int64())}), "a")
+        assert "cannot start hyperd at /nonexistent/hyperd" in str(err.value)
+        assert "hyperd setting" in str(err.value)
+        client.close()
+    finally:
+        srv.stop()

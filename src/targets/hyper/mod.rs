@@ -123,6 +123,24 @@ fn hyper_error(target: &str, action: &str, err: tokio_postgres::Error) -> Error 
     }
 }
 
+/// An error of the COPY that streams a put's rows: hyperd refusing a value (out of its
+/// range) is the client's data, anything else the storage's.
+fn copy_error(target: &str, action: &str, err: tokio_postgres::Error) -> Error {
+    match err.as_db_error() {
+        Some(db) => Error::invalid_data(format!(
+            "hyperd refused the rows of this put ({}): {}{}; Hyper's DATE, TIME and TIMESTAMP \
+             ranges are narrower than Arrow's",
+            db.code().code(),
+            db.message(),
+            db.detail()
+                .filter(|d| !d.trim().is_empty())
+                .map(|d| format!(" ({})", d.trim()))
+                .unwrap_or_default()
+        )),
+        None => hyper_error(target, action, err),
+    }
+}
+
 /// A fresh name beside `path` that the start-up sweep recognises: `<file>#<digits>`.
 fn sibling(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -497,6 +515,14 @@ impl HyperWriter {
         move |e| hyper_error(&target, action, e)
     }
 
+    fn copy_failed(
+        &self,
+        action: &'static str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Error + use<> {
+        let target = self.target.clone();
+        move |e| copy_error(&target, action, e)
+    }
+
     /// Sends what the IPC writer has encoded so far.
     async fn send(&mut self) -> Result<()> {
         let ipc = self
@@ -507,7 +533,7 @@ impl HyperWriter {
         if bytes.is_empty() {
             return Ok(());
         }
-        let fail = self.fail("streaming rows into hyperd");
+        let fail = self.copy_failed("streaming rows into hyperd");
         self.sink
             .as_mut()
             .ok_or_else(|| Error::internal("write after finish"))?
@@ -545,7 +571,7 @@ impl AssetWriter for HyperWriter {
         }
         self.send().await?;
         self.ipc = None;
-        let fail = self.fail("finishing COPY into hyperd");
+        let fail = self.copy_failed("finishing COPY into hyperd");
         if let Some(sink) = self.sink.as_mut() {
             sink.as_mut().finish().await.map_err(fail)?;
         }
