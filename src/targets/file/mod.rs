@@ -134,6 +134,7 @@ impl PinnedObject {
     }
 
     /// The name of the target the object belongs to, for error messages.
+    #[cfg_attr(not(feature = "excel"), allow(dead_code))]
     pub(crate) fn target(&self) -> &str {
         &self.target
     }
