@@ -85,3 +85,33 @@ impl TargetKind for Hyper {
         Ok(Arc::new(HyperTarget::new(name, config)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> HyperConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_root_is_a_local_directory() {
+        let local = config("root = \"file:///srv/extracts\"");
+        assert_eq!(local.root_dir().unwrap(), PathBuf::from("/srv/extracts"));
+        let err = Hyper::validate(&config("root = \"s3://bucket/x\"")).unwrap_err();
+        assert!(err.contains("not a local directory"), "{err}");
+        assert!(Hyper::validate(&config("hyperd = \"\"")).is_err());
+    }
+
+    #[test]
+    fn the_log_directory_defaults_outside_the_root() {
+        let dir = config("root = \"/srv/extracts\"").log_dir("tableau");
+        assert!(dir.ends_with("quiver-hyperd/tableau"), "{}", dir.display());
+        assert!(!dir.starts_with("/srv/extracts"));
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        assert!(toml::from_str::<HyperConfig>("hyper_d = \"/x\"").is_err());
+    }
+}

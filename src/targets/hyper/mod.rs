@@ -262,7 +262,16 @@ impl Target for HyperTarget {
             client
                 .batch_execute(&types::create_table(&table, &schema, &columns))
                 .await
-                .map_err(fail("creating the Extract table"))?;
+                .map_err(|e| match e.as_db_error() {
+                    // The statement is built from the put's schema (its column names).
+                    Some(db) => Error::invalid_data(format!(
+                        "target '{}' (hyper) cannot store asset '{}': hyperd refused its table: {}",
+                        self.name,
+                        req.asset,
+                        db.message()
+                    )),
+                    None => hyper_error(&self.name, "creating the Extract table", e),
+                })?;
         }
         let sink = client
             .copy_in::<_, Bytes>(&format!(
