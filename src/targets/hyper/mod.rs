@@ -232,11 +232,6 @@ impl Target for HyperTarget {
             prepared: false,
         };
         let client = self.hyperd.connect().await?;
-        let fail = |action: &str| {
-            let target = self.name.clone();
-            let action = action.to_string();
-            move |e| hyper_error(&target, &action, e)
-        };
         if !append {
             client
                 .batch_execute(&format!(
@@ -244,7 +239,7 @@ impl Target for HyperTarget {
                     database(&temp)
                 ))
                 .await
-                .map_err(fail("creating a .hyper file"))?;
+                .map_err(self.storage_error("creating a .hyper file"))?;
         }
         client
             .batch_execute(&format!(
@@ -252,13 +247,13 @@ impl Target for HyperTarget {
                 database(&temp)
             ))
             .await
-            .map_err(fail("attaching the new .hyper file"))?;
+            .map_err(self.storage_error("attaching the new .hyper file"))?;
         let table = format!("{WRITE_ALIAS}.{TABLE}");
         if !append {
             client
                 .batch_execute(&format!("CREATE SCHEMA {WRITE_ALIAS}.\"Extract\""))
                 .await
-                .map_err(fail("creating the Extract schema"))?;
+                .map_err(self.storage_error("creating the Extract schema"))?;
             client
                 .batch_execute(&types::create_table(&table, &schema, &columns))
                 .await
@@ -278,7 +273,7 @@ impl Target for HyperTarget {
                 "COPY {table} FROM STDIN WITH (FORMAT arrowstream)"
             ))
             .await
-            .map_err(fail("starting COPY"))?;
+            .map_err(self.storage_error("starting COPY"))?;
         let ipc = StreamWriter::try_new(Vec::new(), &writer.wire).map_err(|e| {
             Error::invalid_data(format!("cannot encode this schema as Arrow IPC: {e}"))
         })?;
