@@ -618,7 +618,7 @@ def hyper_scenario(binary: str, table: pa.Table, work: str, reps: int) -> dict:
 
     quiver_times, native_times = [], []
     try:
-        with th.HyperProcess(th.Telemetry.DO_NOT_SEND_USAGE_DATA_TO_TABLEAU) as process:
+        with th.HyperProcess(th.Telemetry.DO_NOT_SEND_USAGE_DATA_TO_TABLEAU, parameters={"log_dir": work}) as process:
             for _ in range(reps):
                 quiver_times.append(quiver_put(client, part, {"target": "hyper", "asset": "tpch/lineitem"}))
                 native_times.append(timed(native))

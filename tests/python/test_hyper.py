@@ -36,8 +36,11 @@ def quiver(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def hyper():
-    with HyperProcess(Telemetry.DO_NOT_SEND_USAGE_DATA_TO_TABLEAU) as process:
+def hyper(tmp_path_factory):
+    # The Hyper API's own hyperd, to open extracts the way Tableau's tools do; its log would
+    # otherwise land in the working directory.
+    logs = tmp_path_factory.mktemp("hyperapi-log")
+    with HyperProcess(Telemetry.DO_NOT_SEND_USAGE_DATA_TO_TABLEAU, parameters={"log_dir": str(logs)}) as process:
         yield process
 
 
