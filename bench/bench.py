@@ -282,7 +282,7 @@ def elasticsearch_scenario(client, table: pa.Table, url: str, reps: int, rows: i
 
 
 # Every scenario that needs nothing but this machine; elasticsearch runs when asked for.
-DEFAULT_SCENARIOS = ["duckdb", "parquet", "files", "postgres", "get", "events", "redis", "transport", "memory"]
+DEFAULT_SCENARIOS = ["duckdb", "parquet", "files", "postgres", "get", "events", "redis", "hyper", "transport", "memory"]
 
 
 def main() -> None:
@@ -300,7 +300,7 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default=",".join(DEFAULT_SCENARIOS),
-        help="comma-separated: duckdb, parquet, files (arrow, csv, json), postgres, elasticsearch, redis, "
+        help="comma-separated: duckdb, parquet, files (arrow, csv, json), postgres, elasticsearch, redis, hyper, "
         f"transport, get, events, memory (default: {', '.join(DEFAULT_SCENARIOS)})",
     )
     parser.add_argument(
@@ -350,6 +350,8 @@ def main() -> None:
             search.stop()
         if "redis" in scenarios:
             results.append(redis_scenario(args.binary, table, work, args.reps, args.redis_url))
+        if "hyper" in scenarios:
+            results.append(hyper_scenario(args.binary, table, work, args.reps))
         if "transport" in scenarios:
             results.extend(transport_scenarios(args.binary, table, work, args.reps, rows, megabytes))
         memory = memory_scenario(args.binary, table, work, megabytes) if "memory" in scenarios else None
@@ -566,6 +568,66 @@ def redis_scenario(binary: str, table: pa.Table, work: str, reps: int, url: str 
     return {
         "scenario": f"DoPut → redis (hash layout, {rows:,} rows)",
         "native": "redis-py pipelined HSET (10,000 commands per round trip), values as str()",
+        "quiver": summary(quiver_times, rows, megabytes),
+        "baseline": summary(native_times, rows, megabytes),
+    }
+
+
+def hyper_scenario(binary: str, table: pa.Table, work: str, reps: int) -> dict:
+    """DoPut of 1M lineitem rows to a hyper target vs tableauhyperapi's Inserter writing the
+    same rows (as Python values, the Inserter's input) into a new .hyper file."""
+    import tableauhyperapi as th
+
+    rows = min(table.num_rows, 1_000_000)
+    part = table.slice(0, rows).combine_chunks()
+    megabytes = part.nbytes / 1e6
+    hyperd = Path(th.__file__).parent / "bin" / "hyper" / "hyperd"
+    root = os.path.join(work, "hyper-quiver", "extracts")
+    config = f'[targets.hyper]\nkind = "hyper"\nroot = "{root}"\nhyperd = "{hyperd}"\n'
+    quiver = Server(binary, os.path.join(work, "hyper-quiver"), config=config)
+    client = fl.connect(f"grpc://127.0.0.1:{quiver.port}")
+
+    def sql_type(t: pa.DataType):
+        if pa.types.is_int64(t):
+            return th.SqlType.big_int()
+        if pa.types.is_int32(t):
+            return th.SqlType.int()
+        if pa.types.is_decimal(t):
+            return th.SqlType.numeric(t.precision, t.scale)
+        if pa.types.is_date(t):
+            return th.SqlType.date()
+        if pa.types.is_floating(t):
+            return th.SqlType.double()
+        return th.SqlType.text()
+
+    definition = th.TableDefinition(
+        th.TableName("Extract", "Extract"),
+        [th.TableDefinition.Column(f.name, sql_type(f.type)) for f in part.schema],
+    )
+    native_path = os.path.join(work, "hyper-native.hyper")
+
+    def native() -> None:
+        with th.Connection(process.endpoint, native_path, th.CreateMode.CREATE_AND_REPLACE) as conn:
+            conn.catalog.create_schema("Extract")
+            conn.catalog.create_table(definition)
+            with th.Inserter(conn, definition) as inserter:
+                for batch in part.to_batches(max_chunksize=122_880):
+                    columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+                    inserter.add_rows(zip(*columns))
+                inserter.execute()
+
+    quiver_times, native_times = [], []
+    try:
+        with th.HyperProcess(th.Telemetry.DO_NOT_SEND_USAGE_DATA_TO_TABLEAU, parameters={"log_dir": work}) as process:
+            for _ in range(reps):
+                quiver_times.append(quiver_put(client, part, {"target": "hyper", "asset": "tpch/lineitem"}))
+                native_times.append(timed(native))
+    finally:
+        client.close()
+        quiver.stop()
+    return {
+        "scenario": f"DoPut → hyper ({rows:,} rows)",
+        "native": "tableauhyperapi Inserter.add_rows of the rows as Python values (to_pylist), into a new .hyper file",
         "quiver": summary(quiver_times, rows, megabytes),
         "baseline": summary(native_times, rows, megabytes),
     }

@@ -31,6 +31,8 @@ pub mod excel;
 pub mod file;
 #[cfg(feature = "graphql")]
 pub mod graphql;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

@@ -143,6 +143,7 @@ registry! {
         Webhook = "webhook" => super::webhook::Webhook, feature "webhook",
         Graphql = "graphql" => super::graphql::Graphql, feature "graphql",
         Email = "email" => super::email::Email, feature "email",
+        Hyper = "hyper" => super::hyper::Hyper, feature "hyper",
     }
 }
 

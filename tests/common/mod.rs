@@ -5,6 +5,7 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod s3;
+#[cfg(feature = "search")]
 pub mod search;
 
 use std::net::SocketAddr;

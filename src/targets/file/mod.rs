@@ -134,6 +134,7 @@ impl PinnedObject {
     }
 
     /// The name of the target the object belongs to, for error messages.
+    #[cfg_attr(not(feature = "excel"), allow(dead_code))]
     pub(crate) fn target(&self) -> &str {
         &self.target
     }
@@ -798,7 +799,7 @@ fn read_file(
 }
 
 /// Deletes files named `<name>#<digits>` (object_store's staged upload parts) under `dir`.
-fn remove_staged(
+pub(crate) fn remove_staged(
     dir: &std::path::Path,
     min_age: std::time::Duration,
 ) -> std::io::Result<Vec<String>> {
