@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arrow_flight::PutResult;
+use arrow_flight::sql::Command;
 use arrow_flight::decode::DecodedPayload;
 use arrow_flight::error::FlightError;
 use arrow_schema::Schema;
@@ -39,15 +40,26 @@ impl QuiverService {
         // the task sees the broken stream and aborts the writer.
         let caller = self.inner.auth.authenticate(metadata)?;
         let mut input = input;
-        let first = input.next().await;
-        if let Some(Ok(message)) = &first
+        let mut first = input.next().await;
+        // A Flight SQL ingest is a put whose descriptor the ingest command stands for; other
+        // Flight SQL commands bind a prepared statement's parameters.
+        let mut ingest = false;
+        if let Some(Ok(message)) = &mut first
             && let Some(command) = message
                 .flight_descriptor
                 .as_ref()
                 .and_then(|d| super::sql::command(&d.cmd))
         {
-            let first = first.and_then(Result::ok).expect("checked above");
-            return Ok(self.inner.sql_put(command?, first, input).await?);
+            match command? {
+                Command::CommandStatementIngest(cmd) => {
+                    message.flight_descriptor = Some(self.inner.ingest_descriptor(&caller, &cmd).await?);
+                    ingest = true;
+                }
+                command => {
+                    let first = first.and_then(Result::ok).expect("checked above");
+                    return Ok(self.inner.sql_put(command, first, input).await?);
+                }
+            }
         }
         let input: PutStream = futures::stream::iter(first).chain(input).boxed();
         let inner = Arc::clone(&self.inner);
@@ -81,6 +93,9 @@ impl QuiverService {
             bytes,
         );
         let summary = result?;
+        if ingest {
+            return Ok(super::sql::ingested(&summary));
+        }
         let reply = serde_json::to_vec(&summary).map_err(|e| Status::internal(e.to_string()))?;
         Ok(PutResult {
             app_metadata: reply.into(),

@@ -16,7 +16,8 @@ use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData, SqlInfoDataBu
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, Command, CommandGetDbSchemas, CommandGetTables,
-    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    CommandPreparedStatementQuery, CommandStatementIngest, CommandStatementQuery,
+    DoPutPreparedStatementResult, DoPutUpdateResult,
     ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
@@ -32,9 +33,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Inner, PutStream};
+use crate::asset::AssetKey;
 use crate::auth::{Access, Principal};
 use crate::catalog::AssetRecord;
 use crate::error::{Error, Result, echo};
+use crate::protocol::PutSummary;
 use crate::targets::SendableBatchStream;
 
 const SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
@@ -89,7 +92,8 @@ fn unsupported(command: &Command) -> Error {
         .unwrap_or(command.type_url());
     Error::unimplemented(format!(
         "Flight SQL {} is not supported: Quiver answers queries (CommandStatementQuery, prepared \
-         statements) and catalog metadata; write assets with DoPut",
+         statements), ingests (CommandStatementIngest) and catalog metadata; write assets with \
+         DoPut",
         echo(name)
     ))
 }
@@ -360,6 +364,77 @@ impl Inner {
         Ok(PutResult {
             app_metadata: result.encode_to_vec().into(),
         })
+    }
+}
+
+/// The answer to a Flight SQL ingest: the rows stored.
+pub(super) fn ingested(summary: &PutSummary) -> PutResult {
+    let result = DoPutUpdateResult {
+        record_count: summary.rows as i64,
+    };
+    PutResult {
+        app_metadata: result.encode_to_vec().into(),
+    }
+}
+
+impl Inner {
+    /// The asset put a Flight SQL ingest stands for: the table's schema names the target and
+    /// its name the asset; an existing asset is appended to or replaced as the ingest asks
+    /// (ADBC's `adbc_ingest` modes `append`, `replace`, `create_append`), or refused with
+    /// ALREADY_EXISTS (`create`).
+    pub(super) async fn ingest_descriptor(
+        &self,
+        caller: &Principal,
+        cmd: &CommandStatementIngest,
+    ) -> Result<FlightDescriptor> {
+        use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+        let target = cmd.schema.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+            Error::invalid_request(
+                "an ingest names its target as the table's schema (ADBC: \
+                 adbc_ingest(..., db_schema_name=\"parquet\"))",
+            )
+        })?;
+        if let Some(catalog) = cmd.catalog.as_deref().filter(|c| !c.is_empty() && *c != CATALOG) {
+            return Err(Error::invalid_request(format!(
+                "the catalog is '{CATALOG}', not '{}'; leave it out",
+                echo(catalog)
+            )));
+        }
+        if cmd.temporary || cmd.transaction_id.is_some() {
+            return Err(Error::unimplemented(
+                "temporary tables and transactions are not supported; ingest into an asset \
+                 without them",
+            ));
+        }
+        let asset = AssetKey::parse(&cmd.table)?;
+        self.targets.get(&target)?;
+        caller.check(Access::Write, &target, &asset)?;
+        let options = cmd.table_definition_options.unwrap_or_default();
+        let exists = self.catalog.get(&target, &asset).await?.is_some();
+        let mode = if exists {
+            match options.if_exists() {
+                TableExistsOption::Append => "append",
+                TableExistsOption::Replace => "overwrite",
+                TableExistsOption::Fail | TableExistsOption::Unspecified => {
+                    return Err(Error::AlreadyExists {
+                        message: format!(
+                            "asset '{asset}' already exists in target '{target}'; ingest with \
+                             mode append or replace"
+                        ),
+                    });
+                }
+            }
+        } else if options.if_not_exist() == TableNotExistOption::Fail {
+            return Err(Error::AssetNotFound {
+                target,
+                asset: asset.to_string(),
+                partition: None,
+            });
+        } else {
+            "overwrite"
+        };
+        let command = serde_json::json!({"target": target, "asset": asset.to_string(), "mode": mode});
+        Ok(FlightDescriptor::new_cmd(command.to_string()))
     }
 }
 

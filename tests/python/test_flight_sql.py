@@ -212,3 +212,25 @@ read = ["parquet"]
             assert tables == [("parquet", "sales/orders")]
     finally:
         server.stop()
+
+
+def test_adbc_ingest_writes_assets_through_a_put(loaded):
+    with loaded.cursor() as cursor:
+        assert cursor.adbc_ingest("crm/regions", _customers(), mode="create", db_schema_name="duckdb") == 10
+        with pytest.raises(adbc_driver_manager.Error, match="already exists"):
+            cursor.adbc_ingest("crm/regions", _customers(), mode="create", db_schema_name="duckdb")
+        assert cursor.adbc_ingest("crm/regions", _customers(), mode="append", db_schema_name="duckdb") == 10
+        with pytest.raises(adbc_driver_manager.Error, match="not found"):
+            cursor.adbc_ingest("crm/nowhere", _customers(), mode="append", db_schema_name="duckdb")
+        # A file target takes what it supports: a replace is an overwrite.
+        assert cursor.adbc_ingest("crm/regions", _orders(), mode="replace", db_schema_name="parquet") == 1000
+    # A cursor keeps the options of its last ingest: a fresh one names no target.
+    with loaded.cursor() as cursor:
+        with pytest.raises(adbc_driver_manager.Error, match="db_schema_name"):
+            cursor.adbc_ingest("crm/regions", _customers(), mode="append")
+    got = _query(loaded, 'SELECT count(*) AS n, count(DISTINCT name) AS names FROM "duckdb"."crm/regions"')
+    assert got.to_pylist() == [{"n": 20, "names": 10}]
+    with loaded.cursor() as cursor:
+        cursor.adbc_ingest("crm/regions", _customers().slice(0, 3), mode="replace", db_schema_name="duckdb")
+    assert _query(loaded, 'SELECT count(*) AS n FROM "duckdb"."crm/regions"').to_pylist() == [{"n": 3}]
+    assert _query(loaded, 'SELECT count(*) AS n FROM "parquet"."crm/regions"').to_pylist() == [{"n": 1000}]

@@ -117,6 +117,10 @@ pub enum Error {
     #[error("internal error: {message}")]
     Internal { message: String },
 
+    /// What the call would create exists already.
+    #[error("{message}")]
+    AlreadyExists { message: String },
+
     /// A call or command this server does not implement.
     #[error("{message}")]
     Unimplemented { message: String },
@@ -226,6 +230,7 @@ impl Error {
             Self::Storage { .. } | Self::Catalog { .. } => Code::Unavailable,
             Self::Format { .. } | Self::Config { .. } | Self::Internal { .. } => Code::Internal,
             Self::Unimplemented { .. } => Code::Unimplemented,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::Remote { code, .. } => *code,
         }
     }
