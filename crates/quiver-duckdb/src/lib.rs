@@ -66,27 +66,8 @@ impl Database {
             .to_str()
             .ok_or_else(|| Error(format!("{} is not valid UTF-8", path.display())))?;
         let c_path = c_string(text, "the database path")?;
-        let mut raw: ffi::duckdb_database = ptr::null_mut();
-        let mut message: *mut c_char = ptr::null_mut();
-        // SAFETY: the path is a valid C string; `raw` and `message` are written by DuckDB; a
-        // null config asks for the defaults.
-        let state = unsafe {
-            ffi::duckdb_open_ext(c_path.as_ptr(), &mut raw, ptr::null_mut(), &mut message)
-        };
-        if state != ffi::DuckDBSuccess {
-            let text = if message.is_null() {
-                "DuckDB could not open the database".to_string()
-            } else {
-                // SAFETY: DuckDB set `message` to a C string that we must free.
-                let text = unsafe { CStr::from_ptr(message) }
-                    .to_string_lossy()
-                    .into_owned();
-                // SAFETY: allocated by DuckDB, freed once.
-                unsafe { ffi::duckdb_free(message.cast()) };
-                text
-            };
-            return Err(Error(text));
-        }
+        // SAFETY: a valid C path and the default configuration.
+        let raw = unsafe { open_raw(c_path.as_ptr(), ptr::null_mut())? };
         let mut database = Self {
             raw,
             home: String::new(),
@@ -123,6 +104,34 @@ impl Drop for Database {
         // SAFETY: opened in `open`, closed once; open connections keep the instance alive.
         unsafe { ffi::duckdb_close(&mut self.raw) };
     }
+}
+
+/// Opens a database at `path` (null: in memory) with `config` (null: the defaults).
+///
+/// # Safety
+/// `path` is null or a C string; `config` is null or a live configuration.
+unsafe fn open_raw(
+    path: *const c_char,
+    config: ffi::duckdb_config,
+) -> Result<ffi::duckdb_database> {
+    let mut raw: ffi::duckdb_database = ptr::null_mut();
+    let mut message: *mut c_char = ptr::null_mut();
+    // SAFETY: as the caller guarantees; DuckDB writes `raw` and `message`.
+    let state = unsafe { ffi::duckdb_open_ext(path, &mut raw, config, &mut message) };
+    if state == ffi::DuckDBSuccess {
+        return Ok(raw);
+    }
+    Err(Error(if message.is_null() {
+        "DuckDB could not open the database".to_string()
+    } else {
+        // SAFETY: DuckDB set `message` to a C string that we must free.
+        let text = unsafe { CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: allocated by DuckDB, freed once.
+        unsafe { ffi::duckdb_free(message.cast()) };
+        text
+    }))
 }
 
 /// One connection, used by one thread at a time.

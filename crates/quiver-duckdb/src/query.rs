@@ -11,7 +11,7 @@ use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
 use duckdb::ffi;
 
 use crate::scan::check_error;
-use crate::{Database, Error, RawConnection, Result, c_string};
+use crate::{Database, Error, RawConnection, Result, c_string, open_raw};
 
 impl Database {
     /// An in-memory database opened with `settings` (DuckDB configuration options, applied
@@ -35,25 +35,8 @@ impl Database {
                     )));
                 }
             }
-            let mut raw: ffi::duckdb_database = ptr::null_mut();
-            let mut message: *mut c_char = ptr::null_mut();
-            // SAFETY: a null path opens an in-memory database; DuckDB writes `raw`/`message`.
-            let state =
-                unsafe { ffi::duckdb_open_ext(ptr::null(), &mut raw, config, &mut message) };
-            if state != ffi::DuckDBSuccess {
-                let text = if message.is_null() {
-                    "DuckDB could not open an in-memory database".to_string()
-                } else {
-                    // SAFETY: a C string DuckDB allocated, copied then freed once.
-                    let text = unsafe { CStr::from_ptr(message) }
-                        .to_string_lossy()
-                        .into_owned();
-                    // SAFETY: as above.
-                    unsafe { ffi::duckdb_free(message.cast()) };
-                    text
-                };
-                return Err(Error(text));
-            }
+            // SAFETY: a null path opens an in-memory database; the config is live.
+            let raw = unsafe { open_raw(ptr::null(), config)? };
             Ok(raw)
         })();
         // SAFETY: made above, destroyed once; the database keeps its own copy.
