@@ -5,9 +5,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arrow_flight::PutResult;
-use arrow_flight::sql::Command;
 use arrow_flight::decode::DecodedPayload;
 use arrow_flight::error::FlightError;
+use arrow_flight::sql::Command;
 use arrow_schema::Schema;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::oneshot;
@@ -52,7 +52,8 @@ impl QuiverService {
         {
             match command? {
                 Command::CommandStatementIngest(cmd) => {
-                    message.flight_descriptor = Some(self.inner.ingest_descriptor(&caller, &cmd).await?);
+                    message.flight_descriptor =
+                        Some(self.inner.ingest_descriptor(&caller, &cmd).await?);
                     ingest = true;
                 }
                 command => {

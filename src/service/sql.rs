@@ -17,8 +17,8 @@ use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, Command, CommandGetDbSchemas, CommandGetTables,
     CommandPreparedStatementQuery, CommandStatementIngest, CommandStatementQuery,
-    DoPutPreparedStatementResult, DoPutUpdateResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    DoPutPreparedStatementResult, DoPutUpdateResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, PutResult,
@@ -388,13 +388,21 @@ impl Inner {
         cmd: &CommandStatementIngest,
     ) -> Result<FlightDescriptor> {
         use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
-        let target = cmd.schema.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
-            Error::invalid_request(
-                "an ingest names its target as the table's schema (ADBC: \
+        let target = cmd
+            .schema
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::invalid_request(
+                    "an ingest names its target as the table's schema (ADBC: \
                  adbc_ingest(..., db_schema_name=\"parquet\"))",
-            )
-        })?;
-        if let Some(catalog) = cmd.catalog.as_deref().filter(|c| !c.is_empty() && *c != CATALOG) {
+                )
+            })?;
+        if let Some(catalog) = cmd
+            .catalog
+            .as_deref()
+            .filter(|c| !c.is_empty() && *c != CATALOG)
+        {
             return Err(Error::invalid_request(format!(
                 "the catalog is '{CATALOG}', not '{}'; leave it out",
                 echo(catalog)
@@ -433,7 +441,8 @@ impl Inner {
         } else {
             "overwrite"
         };
-        let command = serde_json::json!({"target": target, "asset": asset.to_string(), "mode": mode});
+        let command =
+            serde_json::json!({"target": target, "asset": asset.to_string(), "mode": mode});
         Ok(FlightDescriptor::new_cmd(command.to_string()))
     }
 }
