@@ -40,6 +40,9 @@ pub struct Config {
     pub catalog: CatalogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Flight SQL queries.
+    #[serde(default)]
+    pub sql: SqlConfig,
     #[serde(default)]
     pub transport: TransportConfig,
     #[serde(default)]
@@ -75,6 +78,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             catalog: CatalogConfig::default(),
             limits: LimitsConfig::default(),
+            sql: SqlConfig::default(),
             transport: TransportConfig::default(),
             metrics: MetricsConfig::default(),
             auth: None,
@@ -165,6 +169,43 @@ pub struct TlsConfig {
 pub struct MetricsConfig {
     /// Address serving `/metrics`, `/healthz` and `/readyz`; off when absent.
     pub listen: Option<SocketAddr>,
+}
+
+/// What one Flight SQL query may use.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// DuckDB's memory limit for one query, e.g. `2GB` or `512MiB`.
+    #[serde(default = "default_sql_memory_limit")]
+    pub memory_limit: String,
+    /// Threads one query may use.
+    #[serde(default = "default_sql_threads")]
+    pub threads: usize,
+    /// Seconds a query may run before it is stopped (DEADLINE_EXCEEDED).
+    #[serde(default = "default_sql_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: default_sql_memory_limit(),
+            threads: default_sql_threads(),
+            timeout_secs: default_sql_timeout_secs(),
+        }
+    }
+}
+
+fn default_sql_memory_limit() -> String {
+    "2GB".to_string()
+}
+
+fn default_sql_threads() -> usize {
+    4
+}
+
+fn default_sql_timeout_secs() -> u64 {
+    900
 }
 
 /// Limits on what clients may send.
@@ -382,6 +423,19 @@ impl Config {
             return Err(Error::config(
                 "limits.max_concurrent_puts and limits.max_concurrent_puts_per_target must be at least 1",
             ));
+        }
+        if self.sql.threads == 0 || self.sql.timeout_secs == 0 {
+            return Err(Error::config(
+                "sql.threads and sql.timeout_secs must be at least 1",
+            ));
+        }
+        let memory = regex::Regex::new(r"^(?i)\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$")
+            .expect("a valid pattern");
+        if !memory.is_match(self.sql.memory_limit.trim()) {
+            return Err(Error::config(format!(
+                "sql.memory_limit {:?} is not a size; write it like \"2GB\" or \"512MiB\"",
+                self.sql.memory_limit
+            )));
         }
         if self.limits.put_idle_timeout_secs == 0 {
             return Err(Error::config(

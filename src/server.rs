@@ -47,6 +47,7 @@ pub async fn build_service(config: &Config, metrics: Arc<Metrics>) -> Result<Qui
         metrics,
         auth,
         &config.limits,
+        &config.sql,
     ))
 }
 

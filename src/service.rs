@@ -31,7 +31,7 @@ use tracing::{Span, info};
 use self::locks::{Locks, PutLimits};
 use crate::auth::{Access, Authenticator};
 use crate::catalog::Catalog;
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, SqlConfig};
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::targets::registry::Targets;
@@ -55,6 +55,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     auth: Authenticator,
     limits: PutLimits,
+    sql: SqlConfig,
 }
 
 impl QuiverService {
@@ -69,6 +70,7 @@ impl QuiverService {
         metrics: Arc<Metrics>,
         auth: Authenticator,
         limits: &LimitsConfig,
+        sql: &SqlConfig,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -78,6 +80,7 @@ impl QuiverService {
                 metrics,
                 auth,
                 limits: PutLimits::new(limits),
+                sql: sql.clone(),
             }),
         }
     }

@@ -234,3 +234,25 @@ def test_adbc_ingest_writes_assets_through_a_put(loaded):
         cursor.adbc_ingest("crm/regions", _customers().slice(0, 3), mode="replace", db_schema_name="duckdb")
     assert _query(loaded, 'SELECT count(*) AS n FROM "duckdb"."crm/regions"').to_pylist() == [{"n": 3}]
     assert _query(loaded, 'SELECT count(*) AS n FROM "parquet"."crm/regions"').to_pylist() == [{"n": 1000}]
+
+
+def test_a_query_past_the_timeout_is_stopped(tmp_path):
+    (tmp_path / "quiver.toml").write_text('[sql]\ntimeout_secs = 1\nthreads = 1\n')
+    server = Server(tmp_path, args=["--config", "quiver.toml"])
+    try:
+        with flight_sql.connect(server.uri, autocommit=True) as conn:
+            with pytest.raises(adbc_driver_manager.Error, match="timeout_secs"):
+                _query(conn, "SELECT count(*) FROM range(100000000) a, range(100000) b WHERE a.range + b.range = -1")
+            # The server answers the next query.
+            assert _query(conn, "SELECT 42 AS x").to_pylist() == [{"x": 42}]
+    finally:
+        server.stop()
+
+
+def test_sql_settings_are_checked_at_start(tmp_path):
+    (tmp_path / "quiver.toml").write_text('[sql]\nmemory_limit = "lots"\n')
+    result = subprocess.run(
+        [_binary(), "serve", "--config", "quiver.toml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "sql.memory_limit" in result.stderr

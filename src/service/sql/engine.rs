@@ -22,17 +22,12 @@ use crate::targets::{SendableBatchStream, lock};
 
 /// DuckDB settings of every query's database: no files, network, extensions or settings
 /// changes reach past the tables Quiver gives it.
-const SETTINGS: &[(&str, &str)] = &[
+const LOCKED_DOWN: &[(&str, &str)] = &[
     ("enable_external_access", "false"),
     ("autoinstall_known_extensions", "false"),
     ("autoload_known_extensions", "false"),
     ("allow_community_extensions", "false"),
-    ("memory_limit", "2GB"),
-    ("threads", "4"),
 ];
-
-/// A query still running after this long is interrupted.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Result chunks are sent in batches of about this many rows.
 const BATCH_ROWS: usize = 65_536;
@@ -45,7 +40,11 @@ struct Session {
 
 impl Session {
     fn open(inner: &Arc<Inner>, caller: &Principal, records: Vec<AssetRecord>) -> Result<Self> {
-        let database = Database::open_in_memory(SETTINGS).map_err(engine_error)?;
+        let threads = inner.sql.threads.to_string();
+        let mut settings = LOCKED_DOWN.to_vec();
+        settings.push(("memory_limit", inner.sql.memory_limit.trim()));
+        settings.push(("threads", &threads));
+        let database = Database::open_in_memory(&settings).map_err(engine_error)?;
         let conn = database.raw_connection().map_err(engine_error)?;
         let handle = Handle::current();
         let mut ddl = format!("ATTACH ':memory:' AS {CATALOG}; USE {CATALOG};\n");
@@ -181,10 +180,7 @@ fn engine_error(e: quiver_duckdb::Error) -> Error {
         | "Constraint Error"
         | "Invalid Error" => Error::invalid_request(message),
         "INTERRUPT Error" | "Interrupt Error" => Error::Timeout {
-            message: format!(
-                "the query ran longer than {} minutes and was stopped",
-                STATEMENT_TIMEOUT.as_secs() / 60
-            ),
+            message: "the query ran longer than sql.timeout_secs and was stopped".to_string(),
         },
         "Out of Memory Error" => Error::ResourceExhausted { message },
         _ => Error::internal(message),
@@ -322,6 +318,7 @@ impl Inner {
         let (batches, received) = mpsc::channel::<Result<RecordBatch>>(2);
         let (schema_tx, schema_rx) = oneshot::channel::<Result<SchemaRef>>();
         let handle = Handle::current();
+        let timeout = Duration::from_secs(self.sql.timeout_secs);
         tokio::task::spawn_blocking(move || {
             let session = match Session::open(&inner, &caller, records) {
                 Ok(session) => session,
@@ -336,7 +333,7 @@ impl Inner {
             let receiver_gone = batches.clone();
             handle.spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(STATEMENT_TIMEOUT) => watch.fire(),
+                    _ = tokio::time::sleep(timeout) => watch.fire(),
                     _ = receiver_gone.closed() => watch.fire(),
                     _ = finished => {}
                 }
