@@ -875,6 +875,35 @@ async fn metrics_and_probes_answer_over_http() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_client_goes_away_is_counted() {
+    use futures::SinkExt;
+    let server = TestServer::start().await;
+    let (mut tx, call) = open_put(server.client().await, path(&["parquet", "gone"]));
+    tx.send(Ok(numbered(0, 3))).await.unwrap();
+    server.wait_for_puts_in_flight("parquet", 1).await;
+    // The client goes away mid-put: its call is dropped, which resets the stream.
+    call.abort();
+    let _ = call.await;
+    let mut counted = Vec::new();
+    for _ in 0..200 {
+        let (_, text) = server.http_get("/metrics").await;
+        counted = text
+            .lines()
+            .filter(|l| l.starts_with("quiver_puts_total{target=\"parquet\""))
+            .map(str::to_string)
+            .collect();
+        if !counted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert!(counted[0].ends_with(" 1"), "{counted:?}");
+    assert!(!counted[0].contains("status=\"Ok\""), "{counted:?}");
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_beyond_the_limit_are_refused_with_resource_exhausted() {
     use futures::SinkExt;
     let server =

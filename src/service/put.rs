@@ -71,28 +71,45 @@ impl QuiverService {
         let task_seen = Arc::clone(&seen);
         // Dropped with this handler: tells the task the call is over.
         let (_call, alive) = oneshot::channel::<()>();
+        let metrics = Arc::clone(&self.inner.metrics);
+        // The task counts the put: a client that goes away drops this handler before the put
+        // ends, and its put must be counted all the same.
         let task = tokio::spawn(
             async move {
                 let mut call = Call {
                     handler: alive,
                     deadline,
                 };
-                inner.put(input, &caller, &task_seen, &mut call).await
+                let result = inner.put(input, &caller, &task_seen, &mut call).await;
+                let (rows, bytes) = match &result {
+                    Ok(s) if !s.replayed => (s.rows, s.bytes),
+                    _ => (0, 0),
+                };
+                inner.metrics.put_finished(
+                    task_seen.get().map_or("unknown", String::as_str),
+                    status_label(&result),
+                    started.elapsed(),
+                    rows,
+                    bytes,
+                );
+                result
             }
             .instrument(span),
         );
-        let result = task.await.map_err(Error::from).and_then(|r| r);
-        let (rows, bytes) = match &result {
-            Ok(s) if !s.replayed => (s.rows, s.bytes),
-            _ => (0, 0),
+        let result = match task.await {
+            Ok(result) => result,
+            Err(panicked) => {
+                let result = Err(Error::from(panicked));
+                metrics.put_finished(
+                    seen.get().map_or("unknown", String::as_str),
+                    status_label(&result),
+                    started.elapsed(),
+                    0,
+                    0,
+                );
+                result
+            }
         };
-        self.inner.metrics.put_finished(
-            seen.get().map_or("unknown", String::as_str),
-            status_label(&result),
-            started.elapsed(),
-            rows,
-            bytes,
-        );
         let summary = result?;
         if ingest {
             return Ok(super::sql::ingested(&summary));
