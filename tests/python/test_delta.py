@@ -96,7 +96,7 @@ def test_partitions_are_delta_partitions(server, client):
     assert (table_dir(server, "events") / "day=2024-01-02").is_dir()
     read = table.to_pyarrow_table()
     assert read.num_rows == 14
-    day2 = table.to_pyarrow_table(filters=[("day", "=", "2024-01-02")])
+    day2 = table.to_pyarrow_table(filters=[("day", "=", dt.date(2024, 1, 2))])
     assert sorted(day2.column("id").to_pylist()) == list(range(100, 110))
 
     one = get(client, target="delta", asset="events", partition="2024-01-01")
