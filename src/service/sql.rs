@@ -165,21 +165,13 @@ impl Inner {
                     sql: query,
                     params: Vec::new(),
                 };
-                let schema = self.plan(caller, &statement).await?;
-                let ticket = TicketStatementQuery {
-                    statement_handle: statement.handle(),
-                };
-                flight_info(&schema, ticket.as_any(), descriptor, None)
+                self.statement_info(caller, &statement, descriptor).await
             }
             Command::CommandPreparedStatementQuery(CommandPreparedStatementQuery {
                 prepared_statement_handle,
             }) => {
                 let statement = Statement::from_handle(&prepared_statement_handle)?;
-                let schema = self.plan(caller, &statement).await?;
-                let ticket = TicketStatementQuery {
-                    statement_handle: statement.handle(),
-                };
-                flight_info(&schema, ticket.as_any(), descriptor, None)
+                self.statement_info(caller, &statement, descriptor).await
             }
             other => {
                 let batch = self.metadata(caller, &other).await?;
@@ -191,6 +183,20 @@ impl Inner {
                 )
             }
         }
+    }
+
+    /// A statement's FlightInfo: its result schema, and a ticket that runs it.
+    async fn statement_info(
+        self: &Arc<Self>,
+        caller: &Principal,
+        statement: &Statement,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo> {
+        let schema = self.plan(caller, statement).await?;
+        let ticket = TicketStatementQuery {
+            statement_handle: statement.handle(),
+        };
+        flight_info(&schema, ticket.as_any(), descriptor, None)
     }
 
     /// DoGet of a Flight SQL ticket.
